@@ -1,0 +1,143 @@
+"""The ``convcalc`` command. Only this module prints and chooses exit codes.
+
+Exit codes: 0 success, 1 a bad spec (one message per problem, never a traceback),
+2 bad usage (click's own).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any
+
+import click
+
+from convcalc import __version__
+from convcalc.analysis import analyze
+from convcalc.errors import ConvCalcError
+from convcalc.report import DTYPE_BYTES
+
+__all__ = ["cli", "main"]
+
+_FORMATS = ("table", "markdown", "github", "csv", "json")
+
+
+class _Group(click.Group):
+    """Prints a ``ConvCalcError`` as its message and exits 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConvCalcError as error:
+            click.echo(f"error: {error}".replace("\n", "\nerror: "), err=True)
+            ctx.exit(1)
+
+
+class _ShapeParam(click.ParamType):
+    """``3,227,227`` (or ``3x227x227``): one sample's shape, channels first."""
+
+    name = "C,H,W"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        parts = [p for p in re.split(r"[,x×\s]+", str(value).strip()) if p]
+        try:
+            shape = tuple(int(p) for p in parts)
+        except ValueError:
+            shape = ()
+        if not 1 <= len(shape) <= 4 or min(shape) < 1:
+            self.fail(
+                f"{value!r} is not a shape; give 1 to 4 positive integers such as 3,224,224",
+                param,
+                ctx,
+            )
+        return shape
+
+
+_spec_argument = click.argument(
+    "spec", type=click.Path(exists=True, dir_okay=False, readable=True)
+)
+
+
+def _override_options(function: Any) -> Any:
+    function = click.option(
+        "--dtype",
+        type=click.Choice(list(DTYPE_BYTES)),
+        help="Element type for memory figures (default: the spec's, else float32).",
+    )(function)
+    function = click.option(
+        "--batch-size", type=click.IntRange(min=1), help="Override the spec's batch size."
+    )(function)
+    function = click.option(
+        "--input",
+        "input_shape",
+        type=_ShapeParam(),
+        help="Override the spec's input shape, e.g. 3,227,227 (one sample, channels first).",
+    )(function)
+    return function
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="convcalc")
+def cli() -> None:
+    """Shapes, parameters, MACs, memory and receptive fields of CNNs from a YAML spec."""
+
+
+@cli.command()
+@_spec_argument
+@click.option(
+    "--format",
+    "-f",
+    "output_format",
+    type=click.Choice(_FORMATS),
+    default="table",
+    show_default=True,
+    help="table, markdown or github for people; csv or json for programs.",
+)
+@click.option(
+    "--depth",
+    type=click.IntRange(min=1),
+    help="Show layers down to this nesting depth (1 = top level); blocks keep their sums.",
+)
+@_override_options
+def shape(
+    spec: str,
+    output_format: str,
+    depth: int | None,
+    input_shape: tuple[int, ...] | None,
+    batch_size: int | None,
+    dtype: str | None,
+) -> None:
+    """Print every layer's output shape, params, MACs and receptive field, and totals."""
+    report = analyze(spec, input=input_shape, batch_size=batch_size, dtype=dtype)
+    click.echo(report.render(output_format, depth), nl=False)
+
+
+@cli.command()
+@_spec_argument
+@_override_options
+def check(
+    spec: str,
+    input_shape: tuple[int, ...] | None,
+    batch_size: int | None,
+    dtype: str | None,
+) -> None:
+    """Validate a spec: exit 0 when it is sound, else print every problem and exit 1."""
+    report = analyze(spec, input=input_shape, batch_size=batch_size, dtype=dtype)
+    for warning in report.warnings:
+        click.echo(f"warning: {report.source}: {warning}", err=True)
+    click.echo(
+        f"{spec}: ok: {len(report.rows)} layers, output "
+        f"[{', '.join(map(str, report.output_shape))}], {report.totals.params:,} params, "
+        f"{report.totals.macs:,} MACs"
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="convcalc")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

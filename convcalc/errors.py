@@ -1,0 +1,78 @@
+"""The exceptions convcalc raises.
+
+Every error the library raises on purpose derives from one base, so a caller
+(and the CLI) can catch exactly that::
+
+    ConvCalcError
+    └── SpecError              something is wrong with a spec; str() names file:line, layer path
+        ├── SpecSyntaxError    the file is not readable YAML, is empty, or is not a mapping
+        ├── SpecValidationError  a field has a bad value, is unknown or is missing
+        └── ShapeError         the layers do not fit together (sizes, channels, dimensions)
+
+Low-level code (the layer models and formulas) raises plain ``ValueError`` with a
+short message; the loader and the calculator add the context once (file, line,
+layer path) and re-raise one of the classes above ``from None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ConvCalcError",
+    "Problem",
+    "ShapeError",
+    "SpecError",
+    "SpecSyntaxError",
+    "SpecValidationError",
+]
+
+
+class ConvCalcError(Exception):
+    """Base class of every error convcalc raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a spec, located as precisely as we can."""
+
+    message: str
+    source: str | None = None
+    line: int | None = None
+    path: str | None = None
+    layer_name: str | None = None
+
+    def __str__(self) -> str:
+        where = self.source or "<spec>"
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.path:
+            layer = self.path if not self.layer_name else f"{self.path} ({self.layer_name})"
+            return f"{where}: {layer}: {self.message}"
+        return f"{where}: {self.message}"
+
+
+class SpecError(ConvCalcError):
+    """A spec that cannot be analysed. ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[Problem] | Problem | str) -> None:
+        if isinstance(problems, str):  # a bare message; the caller adds the location later
+            problems = Problem(problems)
+        self.problems = [problems] if isinstance(problems, Problem) else list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    @property
+    def first(self) -> Problem:
+        return self.problems[0]
+
+
+class SpecSyntaxError(SpecError):
+    """The file cannot be read as a YAML mapping."""
+
+
+class SpecValidationError(SpecError):
+    """A field of the spec has a bad, unknown or missing value."""
+
+
+class ShapeError(SpecError):
+    """The layers do not fit together: sizes, channels or number of dimensions."""

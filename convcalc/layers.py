@@ -1,0 +1,1056 @@
+"""Leaf layers: one pydantic model per layer family, each with its fields and its rules.
+
+A family covers the 1d/2d/3d variants of one ``torch.nn`` class (``type`` is the
+lower-cased class name). ``infer(input_shape)`` returns the output shape, the
+parameter, buffer and MAC counts, and how the spatial dimensions map onto the
+input (for receptive fields). Shapes always include the batch dimension.
+
+Adding a layer kind means one class here, listed in ``LEAF_CLASSES``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
+
+from convcalc.errors import ShapeError
+from convcalc.fields import (
+    Bool,
+    Float,
+    FloatOrFloats,
+    Int,
+    NonNegativeIntOrInts,
+    OutputSize,
+    Padding,
+    PositiveInt,
+    PositiveIntOrInts,
+    Probability,
+    SignedIntOrInts,
+    per_dim,
+)
+from convcalc.formulas import (
+    adaptive_window,
+    conv_output_size,
+    conv_transpose_output_size,
+    effective_kernel,
+    pool_output_size,
+    same_padding,
+    uncovered_pixels,
+    upsample_output_size,
+)
+from convcalc.receptive_field import Window
+
+Shape = tuple[int, ...]
+
+SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+LAYOUTS = {0: "[N, C]", 1: "[N, C, L]", 2: "[N, C, H, W]", 3: "[N, C, D, H, W]"}
+_UNITS = {"L": "position", "D": "slice", "H": "row", "W": "column"}
+
+
+class SpatialMap(enum.Enum):
+    """How a layer maps positions, when it is not a sliding window."""
+
+    POINTWISE = "pointwise"  # output position i depends on input position i only
+    DENSE = "dense"  # spatial structure is gone (flatten, linear)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerResult:
+    """What one leaf layer does to one input shape."""
+
+    output_shape: Shape
+    params: int = 0
+    buffers: int = 0
+    macs: int = 0
+    windows: tuple[Window, ...] | SpatialMap = SpatialMap.POINTWISE
+    arguments: str = ""
+    warnings: tuple[str, ...] = ()
+    # Input pixels no window reaches; not reported inside a residual's shortcut,
+    # whose input the body sees in full.
+    coverage_warnings: tuple[str, ...] = ()
+
+
+def format_shape(shape: Shape) -> str:
+    """``[1, 64, 55, 55]``."""
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _fmt(values: tuple[Any, ...]) -> str:
+    """One number when all dimensions agree, else ``3×1``."""
+    return str(values[0]) if len(set(values)) == 1 else "×".join(str(v) for v in values)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _fail(message: str) -> ShapeError:
+    return ShapeError(message)
+
+
+class LayerModel(BaseModel):
+    """Fields every layer and block has."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    name: str | None = None
+    trainable: Bool = True  # Keras' name; false freezes the layer's parameters
+
+    _line: int | None = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_line(cls, data: Any, handler: Any) -> Any:
+        model = handler(data)
+        line = getattr(data, "line", None)
+        if line is not None and model._line is None:
+            model._line = line
+        return model
+
+    @property
+    def line(self) -> int | None:
+        """The line of the spec file this layer was written on, when loaded from YAML."""
+        return self._line
+
+
+class Leaf(LayerModel):
+    """A layer with no children: it maps one tensor shape to another."""
+
+    type: str
+    torch_names: ClassVar[tuple[str, ...]]
+
+    @property
+    def dims(self) -> int:
+        """Spatial dimensions of the 1d/2d/3d variant, 0 for layers without."""
+        tail = self.type[-2:]
+        return int(tail[0]) if tail in ("1d", "2d", "3d") else 0
+
+    @property
+    def torch_name(self) -> str:
+        """The ``torch.nn`` class this layer is."""
+        return next(n for n in self.torch_names if n.lower() == self.type)
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        raise NotImplementedError
+
+    # -- helpers shared by the families ---------------------------------------------------
+
+    def _require_rank(self, shape: Shape, *ranks: int) -> None:
+        if len(shape) in ranks:
+            return
+        wanted = " or ".join(LAYOUTS.get(r - 2, f"{r}-d") for r in ranks)
+        raise _fail(
+            f"{self.type} expects input {wanted} but gets {format_shape(shape)} "
+            f"({len(shape)} dimensions)"
+        )
+
+    def _check_declared(self, field: str, declared: int | None, actual: int, shape: Shape) -> int:
+        if declared is not None and declared != actual:
+            raise _fail(
+                f"{field} is {declared} but the incoming shape {format_shape(shape)} "
+                f"has {actual} {'channel' if actual == 1 else 'channels'}"
+            )
+        return actual
+
+    def _check_lengths(self, **values: Any) -> None:
+        """Per-dimension lists must have one value per spatial dimension."""
+        for field, value in values.items():
+            if isinstance(value, tuple) and len(value) != self.dims:
+                raise ValueError(
+                    f"{field}: {self.type} takes one value or {self.dims}, "
+                    f"got {len(value)}: {list(value)}"
+                )
+
+
+def _window_warnings(
+    spatial: Shape,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding_left: tuple[int, ...],
+    dilation: tuple[int, ...],
+    output: tuple[int, ...],
+) -> tuple[str, ...]:
+    """Input pixels that no window ever reaches: trailing ones, and skipped ones."""
+    names = SPATIAL_NAMES[len(spatial)]
+    dropped = []
+    skipped = []
+    for name, n, k, s, p, d, o in zip(names, spatial, kernel, stride, padding_left, dilation, output):
+        lost = uncovered_pixels(n, k, s, p, d, o)
+        if lost:
+            dropped.append(f"{_plural(lost, _UNITS[name])} ({name})")
+        reached = {(t * d) % s for t in range(min(k, s))}
+        if len(reached) < s:
+            skipped.append(f"{s - len(reached)} of every {s} in {name}")
+    warnings = []
+    if dropped:
+        warnings.append(
+            f"the last {' and '.join(dropped)} of its {'×'.join(map(str, spatial))} input "
+            f"are never covered by a window (kernel {_fmt(kernel)}, stride {_fmt(stride)}, "
+            f"padding {_fmt(padding_left)}): floor division drops them"
+        )
+    if skipped:
+        warnings.append(
+            f"stride {_fmt(stride)} skips input pixels that no kernel tap reaches: "
+            + ", ".join(skipped)
+        )
+    return tuple(warnings)
+
+
+def conv_formula(n: int, k: int, s: int, pl: int, pr: int, d: int, out: int) -> str:
+    """The convolution output-size formula with its numbers, for messages.
+
+    >>> conv_formula(224, 11, 4, 2, 2, 1, 55)
+    '⌊(224 + 2·2 − 1·(11−1) − 1) / 4⌋ + 1 = 55'
+    """
+    pad = f"2·{pl}" if pl == pr else f"{pl} + {pr}"
+    return f"⌊({n} + {pad} − {d}·({k}−1) − 1) / {s}⌋ + 1 = {out}"
+
+
+def pool_formula(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool, out: int) -> str:
+    """The pooling output-size formula with its numbers, for messages.
+
+    >>> pool_formula(5, 2, 2, 1, 1, True, 3)
+    '⌈(5 + 2·1 − 1·(2−1) − 1) / 2⌉ + 1 = 4, minus 1 as the last window would start in the padding = 3'
+    """
+    if not ceil_mode:
+        return f"⌊({n} + 2·{p} − {d}·({k}−1) − 1) / {s}⌋ + 1 = {out}"
+    raw = -(-(n + 2 * p - d * (k - 1) - 1) // s) + 1
+    text = f"⌈({n} + 2·{p} − {d}·({k}−1) − 1) / {s}⌉ + 1 = {raw}"
+    if raw != out:
+        text += f", minus 1 as the last window would start in the padding = {out}"
+    return text
+
+
+def _too_small(names: tuple[str, ...], outputs: tuple[int, ...], formulas: list[str]) -> None:
+    for name, out, formula in zip(names, outputs, formulas):
+        if out < 1:
+            raise _fail(f"output size in {name} would be {out}: {formula}; the input is too small")
+
+
+# ---------------------------------------------------------------------------------------
+# Convolutions
+
+
+class Conv(Leaf):
+    """``nn.Conv1d``/``Conv2d``/``Conv3d``."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("Conv1d", "Conv2d", "Conv3d")
+    type: Literal["conv1d", "conv2d", "conv3d"]
+    in_channels: PositiveInt | None = None
+    out_channels: PositiveInt
+    kernel_size: PositiveIntOrInts
+    stride: PositiveIntOrInts = 1
+    padding: Padding = 0
+    dilation: PositiveIntOrInts = 1
+    groups: PositiveInt = 1
+    bias: Bool = True
+    padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros"
+
+    @model_validator(mode="after")
+    def _check(self) -> Conv:
+        padding = None if isinstance(self.padding, str) else self.padding
+        self._check_lengths(
+            kernel_size=self.kernel_size, stride=self.stride, padding=padding, dilation=self.dilation
+        )
+        if self.out_channels % self.groups:
+            raise ValueError(
+                f"out_channels ({self.out_channels}) is not divisible by groups ({self.groups})"
+            )
+        if self.padding == "same" and any(s != 1 for s in per_dim(self.stride, self.dims)):
+            raise ValueError(
+                f"padding 'same' needs stride 1 (torch refuses it for strided convolutions), "
+                f"got stride {self.stride}"
+            )
+        return self
+
+    def paddings(self) -> tuple[tuple[int, int], ...]:
+        """(left, right) padding per spatial dimension, resolving 'same' and 'valid'."""
+        kernel = per_dim(self.kernel_size, self.dims)
+        dilation = per_dim(self.dilation, self.dims)
+        if self.padding == "same":
+            return tuple(same_padding(k, d) for k, d in zip(kernel, dilation))
+        if self.padding == "valid":
+            return ((0, 0),) * self.dims
+        return tuple((p, p) for p in per_dim(self.padding, self.dims))  # type: ignore[arg-type]
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        dims = self.dims
+        self._require_rank(input_shape, dims + 2)
+        batch, channels, *spatial_list = input_shape
+        spatial = tuple(spatial_list)
+        self._check_declared("in_channels", self.in_channels, channels, input_shape)
+        if channels % self.groups:
+            raise _fail(f"in_channels ({channels}) is not divisible by groups ({self.groups})")
+        kernel = per_dim(self.kernel_size, dims)
+        stride = per_dim(self.stride, dims)
+        dilation = per_dim(self.dilation, dims)
+        pads = self.paddings()
+        names = SPATIAL_NAMES[dims]
+        if self.padding_mode != "zeros":
+            for name, n, (pl, pr) in zip(names, spatial, pads):
+                limit_ok = max(pl, pr) < n if self.padding_mode == "reflect" else max(pl, pr) <= n
+                if self.padding_mode != "replicate" and not limit_ok:
+                    bound = "smaller than" if self.padding_mode == "reflect" else "at most"
+                    raise _fail(
+                        f"{self.padding_mode} padding {max(pl, pr)} must be {bound} the input "
+                        f"size {n} in {name}"
+                    )
+        output = tuple(
+            conv_output_size(n, k, s, lr, d)
+            for n, k, s, lr, d in zip(spatial, kernel, stride, pads, dilation)
+        )
+        if min(output) < 1:
+            _too_small(
+                names,
+                output,
+                [
+                    conv_formula(n, k, s, pl, pr, d, o)
+                    for n, k, s, (pl, pr), d, o in zip(spatial, kernel, stride, pads, dilation, output)
+                ],
+            )
+        per_output = (channels // self.groups) * math.prod(kernel)
+        params = per_output * self.out_channels + (self.out_channels if self.bias else 0)
+        macs = batch * self.out_channels * math.prod(output) * per_output
+        left = tuple(p[0] for p in pads)
+        arguments = f"k={_fmt(kernel)} s={_fmt(stride)} p="
+        arguments += self.padding if isinstance(self.padding, str) else _fmt(left)
+        if any(d != 1 for d in dilation):
+            arguments += f" d={_fmt(dilation)}"
+        if self.groups != 1:
+            arguments += f" g={self.groups}"
+        if not self.bias:
+            arguments += " bias=False"
+        if self.padding_mode != "zeros":
+            arguments += f" {self.padding_mode}"
+        return LayerResult(
+            output_shape=(batch, self.out_channels, *output),
+            params=params,
+            macs=macs,
+            windows=tuple(
+                Window(effective_kernel(k, d), s, p)
+                for k, s, p, d in zip(kernel, stride, left, dilation)
+            ),
+            arguments=arguments,
+            coverage_warnings=_window_warnings(spatial, kernel, stride, left, dilation, output),
+        )
+
+
+class ConvTranspose(Leaf):
+    """``nn.ConvTranspose1d``/``2d``/``3d``."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
+    type: Literal["convtranspose1d", "convtranspose2d", "convtranspose3d"]
+    in_channels: PositiveInt | None = None
+    out_channels: PositiveInt
+    kernel_size: PositiveIntOrInts
+    stride: PositiveIntOrInts = 1
+    padding: NonNegativeIntOrInts = 0
+    output_padding: NonNegativeIntOrInts = 0
+    groups: PositiveInt = 1
+    bias: Bool = True
+    dilation: PositiveIntOrInts = 1
+    padding_mode: Literal["zeros"] = "zeros"
+
+    @model_validator(mode="after")
+    def _check(self) -> ConvTranspose:
+        self._check_lengths(
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            output_padding=self.output_padding,
+            dilation=self.dilation,
+        )
+        if self.out_channels % self.groups:
+            raise ValueError(
+                f"out_channels ({self.out_channels}) is not divisible by groups ({self.groups})"
+            )
+        stride = per_dim(self.stride, self.dims)
+        dilation = per_dim(self.dilation, self.dims)
+        for op, s, d in zip(per_dim(self.output_padding, self.dims), stride, dilation):
+            if op >= s and op >= d:
+                raise ValueError(
+                    f"output_padding ({op}) must be smaller than the stride ({s}) or the "
+                    f"dilation ({d})"
+                )
+        return self
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        dims = self.dims
+        self._require_rank(input_shape, dims + 2)
+        batch, channels, *spatial_list = input_shape
+        spatial = tuple(spatial_list)
+        self._check_declared("in_channels", self.in_channels, channels, input_shape)
+        if channels % self.groups:
+            raise _fail(f"in_channels ({channels}) is not divisible by groups ({self.groups})")
+        kernel = per_dim(self.kernel_size, dims)
+        stride = per_dim(self.stride, dims)
+        padding = per_dim(self.padding, dims)
+        output_padding = per_dim(self.output_padding, dims)
+        dilation = per_dim(self.dilation, dims)
+        output = tuple(
+            conv_transpose_output_size(n, k, s, p, op, d)
+            for n, k, s, p, op, d in zip(spatial, kernel, stride, padding, output_padding, dilation)
+        )
+        if min(output) < 1:
+            _too_small(
+                SPATIAL_NAMES[dims],
+                output,
+                [
+                    f"({n} − 1)·{s} − 2·{p} + {d}·({k}−1) + {op} + 1 = {o}"
+                    for n, k, s, p, op, d, o in zip(
+                        spatial, kernel, stride, padding, output_padding, dilation, output
+                    )
+                ],
+            )
+        per_input = (self.out_channels // self.groups) * math.prod(kernel)
+        params = channels * per_input + (self.out_channels if self.bias else 0)
+        # Each input pixel is multiplied into every kernel tap of its group's outputs.
+        macs = batch * channels * math.prod(spatial) * per_input
+        arguments = f"k={_fmt(kernel)} s={_fmt(stride)} p={_fmt(padding)}"
+        if any(output_padding):
+            arguments += f" op={_fmt(output_padding)}"
+        if any(d != 1 for d in dilation):
+            arguments += f" d={_fmt(dilation)}"
+        if self.groups != 1:
+            arguments += f" g={self.groups}"
+        if not self.bias:
+            arguments += " bias=False"
+        # Output o sees inputs (o + p − d·(k−1))/s … (o + p)/s: stride 1/s in input pixels.
+        windows = tuple(
+            Window(
+                Fraction(d * (k - 1), s) + 1,
+                Fraction(1, s),
+                Fraction(d * (k - 1) - p, s),
+            )
+            for k, s, p, d in zip(kernel, stride, padding, dilation)
+        )
+        return LayerResult(
+            output_shape=(batch, self.out_channels, *output),
+            params=params,
+            macs=macs,
+            windows=windows,
+            arguments=arguments,
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Pooling
+
+
+def _refuse_indices(return_indices: bool) -> None:
+    if return_indices:
+        raise ValueError(
+            "return_indices: true makes the layer return (values, indices); convcalc models "
+            "layers that return one tensor"
+        )
+
+
+class _Pool(Leaf):
+    kernel_size: PositiveIntOrInts
+    stride: PositiveIntOrInts | None = None
+    padding: NonNegativeIntOrInts = 0
+    ceil_mode: Bool = False
+
+    def _pool(self, input_shape: Shape, dilation_value: int | tuple[int, ...]) -> LayerResult:
+        dims = self.dims
+        self._require_rank(input_shape, dims + 2)
+        batch, channels, *spatial_list = input_shape
+        spatial = tuple(spatial_list)
+        kernel = per_dim(self.kernel_size, dims)
+        stride = kernel if self.stride is None else per_dim(self.stride, dims)
+        padding = per_dim(self.padding, dims)
+        dilation = per_dim(dilation_value, dims)
+        for k, p in zip(kernel, padding):
+            if p > k // 2:
+                raise _fail(
+                    f"padding {p} is more than half the kernel size {k} "
+                    f"(torch requires padding ≤ kernel_size / 2)"
+                )
+        output = tuple(
+            pool_output_size(n, k, s, p, d, self.ceil_mode)
+            for n, k, s, p, d in zip(spatial, kernel, stride, padding, dilation)
+        )
+        if min(output) < 1:
+            _too_small(
+                SPATIAL_NAMES[dims],
+                output,
+                [
+                    pool_formula(n, k, s, p, d, self.ceil_mode, o)
+                    for n, k, s, p, d, o in zip(spatial, kernel, stride, padding, dilation, output)
+                ],
+            )
+        arguments = f"k={_fmt(kernel)} s={_fmt(stride)} p={_fmt(padding)}"
+        if any(d != 1 for d in dilation):
+            arguments += f" d={_fmt(dilation)}"
+        if self.ceil_mode:
+            arguments += " ceil"
+        return LayerResult(
+            output_shape=(batch, channels, *output),
+            windows=tuple(
+                Window(effective_kernel(k, d), s, p)
+                for k, s, p, d in zip(kernel, stride, padding, dilation)
+            ),
+            arguments=arguments,
+            coverage_warnings=_window_warnings(spatial, kernel, stride, padding, dilation, output),
+        )
+
+
+class MaxPool(_Pool):
+    """``nn.MaxPool1d``/``2d``/``3d``."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("MaxPool1d", "MaxPool2d", "MaxPool3d")
+    type: Literal["maxpool1d", "maxpool2d", "maxpool3d"]
+    dilation: PositiveIntOrInts = 1
+    return_indices: Bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> MaxPool:
+        self._check_lengths(
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+        )
+        _refuse_indices(self.return_indices)
+        return self
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        return self._pool(input_shape, self.dilation)
+
+
+class AvgPool(_Pool):
+    """``nn.AvgPool1d``/``2d``/``3d``."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("AvgPool1d", "AvgPool2d", "AvgPool3d")
+    type: Literal["avgpool1d", "avgpool2d", "avgpool3d"]
+    count_include_pad: Bool = True
+    divisor_override: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> AvgPool:
+        self._check_lengths(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
+        if self.divisor_override is not None and self.dims == 1:
+            raise ValueError("divisor_override: avgpool1d has no divisor_override (2d and 3d only)")
+        return self
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        return self._pool(input_shape, 1)
+
+
+class AdaptivePool(Leaf):
+    """``nn.AdaptiveAvgPool1d``/``2d``/``3d`` and ``nn.AdaptiveMaxPool1d``/``2d``/``3d``."""
+
+    torch_names: ClassVar[tuple[str, ...]] = (
+        "AdaptiveAvgPool1d",
+        "AdaptiveAvgPool2d",
+        "AdaptiveAvgPool3d",
+        "AdaptiveMaxPool1d",
+        "AdaptiveMaxPool2d",
+        "AdaptiveMaxPool3d",
+    )
+    type: Literal[
+        "adaptiveavgpool1d",
+        "adaptiveavgpool2d",
+        "adaptiveavgpool3d",
+        "adaptivemaxpool1d",
+        "adaptivemaxpool2d",
+        "adaptivemaxpool3d",
+    ]
+    output_size: OutputSize
+    return_indices: Bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> AdaptivePool:
+        if isinstance(self.output_size, tuple) and len(self.output_size) != self.dims:
+            raise ValueError(
+                f"output_size: {self.type} takes one value or {self.dims}, "
+                f"got {len(self.output_size)}: {list(self.output_size)}"
+            )
+        if "avg" in self.type and "return_indices" in self.model_fields_set:
+            raise ValueError(f"return_indices: {self.type} has no return_indices")
+        _refuse_indices(self.return_indices)
+        return self
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        dims = self.dims
+        self._require_rank(input_shape, dims + 2)
+        batch, channels, *spatial = input_shape
+        wanted = (
+            (self.output_size,) * dims if isinstance(self.output_size, int) else self.output_size
+        )
+        output = tuple(n if o is None else o for n, o in zip(spatial, wanted))
+        windows = []
+        for n, o in zip(spatial, output):
+            if n % o == 0:
+                windows.append(Window(n // o, n // o, 0))
+            else:  # uneven windows: the widest one, at the average stride
+                widest = max(
+                    end - start for start, end in (adaptive_window(n, o, i) for i in range(o))
+                )
+                windows.append(Window(widest, Fraction(n, o), 0))
+        return LayerResult(
+            output_shape=(batch, channels, *output),
+            windows=tuple(windows),
+            arguments=f"out={'×'.join(map(str, output))}",
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Normalisation
+
+
+class BatchNorm(Leaf):
+    """``nn.BatchNorm1d``/``2d``/``3d``: 2·C parameters, 2·C + 1 buffers."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
+    type: Literal["batchnorm1d", "batchnorm2d", "batchnorm3d"]
+    num_features: PositiveInt | None = None
+    eps: Float = 1e-5
+    momentum: Float | None = 0.1
+    affine: Bool = True
+    track_running_stats: Bool = True
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        ranks = (2, 3) if self.dims == 1 else (self.dims + 2,)
+        self._require_rank(input_shape, *ranks)
+        channels = self._check_declared("num_features", self.num_features, input_shape[1], input_shape)
+        warnings = ()
+        if math.prod(input_shape) // channels == 1:
+            warnings = (
+                f"{format_shape(input_shape)} has one value per channel: torch refuses to "
+                f"train batch norm on it (use batch_size > 1)",
+            )
+        return LayerResult(
+            output_shape=input_shape,
+            params=2 * channels if self.affine else 0,
+            buffers=2 * channels + 1 if self.track_running_stats else 0,
+            arguments="" if self.affine else "affine=False",
+            warnings=warnings,
+        )
+
+
+class InstanceNorm(Leaf):
+    """``nn.InstanceNorm1d``/``2d``/``3d`` (no parameters unless affine)."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")
+    type: Literal["instancenorm1d", "instancenorm2d", "instancenorm3d"]
+    num_features: PositiveInt | None = None
+    eps: Float = 1e-5
+    momentum: Float | None = 0.1
+    affine: Bool = False
+    track_running_stats: Bool = False
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        self._require_rank(input_shape, self.dims + 2)
+        channels = self._check_declared("num_features", self.num_features, input_shape[1], input_shape)
+        warnings = ()
+        if math.prod(input_shape[2:]) == 1:
+            warnings = (
+                f"{format_shape(input_shape)} has one spatial element: torch refuses to train "
+                f"instance norm on it",
+            )
+        return LayerResult(
+            output_shape=input_shape,
+            params=2 * channels if self.affine else 0,
+            buffers=2 * channels + 1 if self.track_running_stats else 0,
+            arguments="affine" if self.affine else "",
+            warnings=warnings,
+        )
+
+
+class GroupNorm(Leaf):
+    """``nn.GroupNorm``: C must divide into ``num_groups``."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("GroupNorm",)
+    type: Literal["groupnorm"]
+    num_groups: PositiveInt
+    num_channels: PositiveInt | None = None
+    eps: Float = 1e-5
+    affine: Bool = True
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        if len(input_shape) < 2:
+            raise _fail(f"groupnorm expects input [N, C, ...], got {format_shape(input_shape)}")
+        channels = self._check_declared("num_channels", self.num_channels, input_shape[1], input_shape)
+        if channels % self.num_groups:
+            raise _fail(
+                f"the {channels} channels do not divide into num_groups ({self.num_groups})"
+            )
+        return LayerResult(
+            output_shape=input_shape,
+            params=2 * channels if self.affine else 0,
+            arguments=f"groups={self.num_groups}",
+        )
+
+
+class LayerNorm(Leaf):
+    """``nn.LayerNorm``; ``normalized_shape`` defaults to every dimension after the batch."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("LayerNorm",)
+    type: Literal["layernorm"]
+    normalized_shape: PositiveIntOrInts | None = None
+    eps: Float = 1e-5
+    elementwise_affine: Bool = True
+    bias: Bool = True
+
+    def normalized(self, input_shape: Shape) -> Shape:
+        if self.normalized_shape is None:
+            return input_shape[1:]
+        if isinstance(self.normalized_shape, int):
+            return (self.normalized_shape,)
+        return tuple(self.normalized_shape)
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        normalized = self.normalized(input_shape)
+        if len(normalized) >= len(input_shape) or input_shape[-len(normalized) :] != normalized:
+            raise _fail(
+                f"normalized_shape {list(normalized)} does not match the trailing dimensions "
+                f"of the incoming shape {format_shape(input_shape)}"
+            )
+        size = math.prod(normalized)
+        params = 0
+        if self.elementwise_affine:
+            params = 2 * size if self.bias else size
+        return LayerResult(
+            output_shape=input_shape, params=params, arguments=f"over {list(normalized)}"
+        )
+
+
+class LocalResponseNorm(Leaf):
+    """``nn.LocalResponseNorm`` across channels (AlexNet's LRN)."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("LocalResponseNorm",)
+    type: Literal["localresponsenorm"]
+    size: PositiveInt
+    alpha: Float = 1e-4
+    beta: Float = 0.75
+    k: Float = 1.0
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        if len(input_shape) < 3:
+            raise _fail(
+                f"localresponsenorm expects input [N, C, ...] with at least 3 dimensions, "
+                f"got {format_shape(input_shape)}"
+            )
+        return LayerResult(output_shape=input_shape, arguments=f"size={self.size}")
+
+
+# ---------------------------------------------------------------------------------------
+# Element-wise layers
+
+
+class Activation(Leaf):
+    """Parameter-free activations with an ``inplace`` flag."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("ReLU", "ReLU6", "SiLU", "Hardswish", "Hardsigmoid")
+    type: Literal["relu", "relu6", "silu", "hardswish", "hardsigmoid"]
+    inplace: Bool = False
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        return LayerResult(output_shape=input_shape)
+
+
+class Elementwise(Leaf):
+    """Parameter-free layers without arguments."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("Sigmoid", "Tanh", "Identity")
+    type: Literal["sigmoid", "tanh", "identity"]
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        return LayerResult(output_shape=input_shape)
+
+
+class LeakyReLU(Leaf):
+    torch_names: ClassVar[tuple[str, ...]] = ("LeakyReLU",)
+    type: Literal["leakyrelu"]
+    negative_slope: Float = 0.01
+    inplace: Bool = False
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        return LayerResult(output_shape=input_shape, arguments=f"slope={self.negative_slope:g}")
+
+
+class ELU(Leaf):
+    torch_names: ClassVar[tuple[str, ...]] = ("ELU",)
+    type: Literal["elu"]
+    alpha: Float = 1.0
+    inplace: Bool = False
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        return LayerResult(output_shape=input_shape, arguments=f"alpha={self.alpha:g}")
+
+
+class GELU(Leaf):
+    torch_names: ClassVar[tuple[str, ...]] = ("GELU",)
+    type: Literal["gelu"]
+    approximate: Literal["none", "tanh"] = "none"
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        return LayerResult(
+            output_shape=input_shape,
+            arguments="" if self.approximate == "none" else f"approximate={self.approximate}",
+        )
+
+
+class Softmax(Leaf):
+    """``nn.Softmax`` and ``nn.LogSoftmax``."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("Softmax", "LogSoftmax")
+    type: Literal["softmax", "logsoftmax"]
+    dim: Int | None = None
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        rank = len(input_shape)
+        warnings = ()
+        if self.dim is None:
+            implicit = 0 if rank in (0, 1, 3) else 1
+            warnings = (
+                f"no dim given: torch picks dim {implicit} of {format_shape(input_shape)} "
+                f"implicitly and warns; set dim explicitly",
+            )
+        elif not -rank <= self.dim < rank:
+            raise _fail(
+                f"dim {self.dim} is out of range for the incoming shape "
+                f"{format_shape(input_shape)} (expected {-rank} to {rank - 1})"
+            )
+        # Softmax over a spatial dimension mixes positions; over channels it is pointwise.
+        spatial_dim = self.dim is not None and (self.dim % rank) >= 2
+        return LayerResult(
+            output_shape=input_shape,
+            windows=SpatialMap.DENSE if spatial_dim else SpatialMap.POINTWISE,
+            arguments="" if self.dim is None else f"dim={self.dim}",
+            warnings=warnings,
+        )
+
+
+class Dropout(Leaf):
+    """``nn.Dropout`` and the channel-wise ``Dropout1d``/``2d``/``3d``."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d")
+    type: Literal["dropout", "dropout1d", "dropout2d", "dropout3d"]
+    p: Probability = 0.5
+    inplace: Bool = False
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        if self.dims:
+            self._require_rank(input_shape, self.dims + 1, self.dims + 2)
+        return LayerResult(output_shape=input_shape, arguments=f"p={self.p:g}")
+
+
+class Flatten(Leaf):
+    """``nn.Flatten``: merges ``start_dim`` … ``end_dim`` (batch stays by default)."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("Flatten",)
+    type: Literal["flatten"]
+    start_dim: Int = 1
+    end_dim: Int = -1
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        rank = len(input_shape)
+        for field, value in (("start_dim", self.start_dim), ("end_dim", self.end_dim)):
+            if not -rank <= value < rank:
+                raise _fail(
+                    f"{field} {value} is out of range for the incoming shape "
+                    f"{format_shape(input_shape)} (expected {-rank} to {rank - 1})"
+                )
+        start, end = self.start_dim % rank, self.end_dim % rank
+        if start > end:
+            raise _fail(
+                f"start_dim {self.start_dim} comes after end_dim {self.end_dim} for the "
+                f"incoming shape {format_shape(input_shape)}"
+            )
+        merged = math.prod(input_shape[start : end + 1])
+        output = (*input_shape[:start], merged, *input_shape[end + 1 :])
+        return LayerResult(
+            output_shape=output,
+            windows=SpatialMap.POINTWISE if start == end else SpatialMap.DENSE,
+        )
+
+
+class Linear(Leaf):
+    """``nn.Linear`` on the last dimension; after a spatial output it wants a flatten first."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("Linear",)
+    type: Literal["linear"]
+    in_features: PositiveInt | None = None
+    out_features: PositiveInt
+    bias: Bool = True
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        features = input_shape[-1]
+        if len(input_shape) > 2 and self.in_features is None:
+            raise _fail(
+                f"linear gets the multi-dimensional shape {format_shape(input_shape)}; add a "
+                f"flatten layer before it (or give in_features: {features} to apply it to the "
+                f"last dimension only)"
+            )
+        if self.in_features is not None and self.in_features != features:
+            raise _fail(
+                f"in_features is {self.in_features} but the incoming shape "
+                f"{format_shape(input_shape)} has {features} features in its last dimension"
+            )
+        params = features * self.out_features + (self.out_features if self.bias else 0)
+        rows = math.prod(input_shape[:-1])
+        return LayerResult(
+            output_shape=(*input_shape[:-1], self.out_features),
+            params=params,
+            macs=rows * features * self.out_features,
+            windows=SpatialMap.DENSE,
+            arguments=f"{features}→{self.out_features}" + ("" if self.bias else " bias=False"),
+        )
+
+
+class Upsample(Leaf):
+    """``nn.Upsample``: a fixed ``size`` or a ``scale_factor``."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("Upsample",)
+    type: Literal["upsample"]
+    size: PositiveIntOrInts | None = None
+    scale_factor: FloatOrFloats | None = None
+    mode: Literal["nearest", "linear", "bilinear", "bicubic", "trilinear", "area", "nearest-exact"] = (
+        "nearest"
+    )
+    align_corners: Bool | None = None
+    recompute_scale_factor: Bool | None = None
+
+    _MODE_RANKS: ClassVar[dict[str, int]] = {"linear": 3, "bilinear": 4, "bicubic": 4, "trilinear": 5}
+
+    @model_validator(mode="after")
+    def _check(self) -> Upsample:
+        if (self.size is None) == (self.scale_factor is None):
+            raise ValueError("give exactly one of size and scale_factor")
+        if self.align_corners is not None and self.mode not in self._MODE_RANKS:
+            raise ValueError(
+                f"align_corners can only be set with the interpolating modes linear, bilinear, "
+                f"bicubic and trilinear, not mode {self.mode!r}"
+            )
+        return self
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        self._require_rank(input_shape, 3, 4, 5)
+        batch, channels, *spatial = input_shape
+        dims = len(spatial)
+        needed = self._MODE_RANKS.get(self.mode)
+        if needed is not None and needed != len(input_shape):
+            raise _fail(
+                f"mode {self.mode!r} needs a {needed}-d input {LAYOUTS[needed - 2]}, "
+                f"got {format_shape(input_shape)}"
+            )
+        if self.size is not None:
+            sizes = per_dim(self.size, dims)
+            if len(sizes) != dims:
+                raise _fail(
+                    f"size {list(sizes)} has {len(sizes)} values for {dims} spatial "
+                    f"dimensions of {format_shape(input_shape)}"
+                )
+            output = sizes
+            scales = tuple(Fraction(o, n) for o, n in zip(output, spatial))
+            arguments = f"size={_fmt(output)} {self.mode}"
+        else:
+            factors = (
+                self.scale_factor
+                if isinstance(self.scale_factor, tuple)
+                else (self.scale_factor,) * dims
+            )
+            if len(factors) != dims:
+                raise _fail(
+                    f"scale_factor {list(factors)} has {len(factors)} values for {dims} "
+                    f"spatial dimensions of {format_shape(input_shape)}"
+                )
+            output = tuple(
+                upsample_output_size(n, f) for n, f in zip(spatial, factors)  # type: ignore[arg-type]
+            )
+            _too_small(
+                SPATIAL_NAMES[dims],
+                output,
+                [f"⌊{n} · {f:g}⌋ = {o}" for n, f, o in zip(spatial, factors, output)],  # type: ignore[str-format]
+            )
+            scales = tuple(Fraction(f).limit_denominator(10_000) for f in factors)  # type: ignore[arg-type]
+            arguments = f"×{_fmt(tuple(f'{f:g}' for f in factors))} {self.mode}"  # type: ignore[str-format]
+        return LayerResult(
+            output_shape=(batch, channels, *output),
+            windows=tuple(self._window(scale) for scale in scales),
+            arguments=arguments,
+        )
+
+    def _window(self, scale: Fraction) -> Window:
+        """Nearest reads input ⌊o/scale⌋; linear modes read the 2 pixels around
+        (o + ½)/scale − ½, bicubic the 4 around it (borders, where torch clamps, aside)."""
+        if self.mode not in self._MODE_RANKS:
+            return Window(1, 1 / scale, 0)
+        shift = (1 - 1 / scale) / 2
+        if self.mode == "bicubic":
+            return Window(4, 1 / scale, shift + 1)
+        return Window(2, 1 / scale, shift)
+
+
+class ZeroPad(Leaf):
+    """``nn.ZeroPad1d``/``2d``/``3d``: padding is (left, right[, top, bottom[, front, back]])."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("ZeroPad1d", "ZeroPad2d", "ZeroPad3d")
+    type: Literal["zeropad1d", "zeropad2d", "zeropad3d"]
+    padding: SignedIntOrInts
+
+    @model_validator(mode="after")
+    def _check(self) -> ZeroPad:
+        if isinstance(self.padding, tuple) and len(self.padding) != 2 * self.dims:
+            raise ValueError(
+                f"padding: {self.type} takes one value or {2 * self.dims} "
+                f"(left, right{', top, bottom' if self.dims > 1 else ''}"
+                f"{', front, back' if self.dims > 2 else ''}), got {len(self.padding)}: "
+                f"{list(self.padding)}"
+            )
+        return self
+
+    def pads(self) -> tuple[tuple[int, int], ...]:
+        """(before, after) per spatial dimension, in dimension order (D, H, W)."""
+        flat = per_dim(self.padding, 2 * self.dims)
+        # torch lists the last dimension first: (left, right, top, bottom, front, back).
+        pairs = [(flat[2 * i], flat[2 * i + 1]) for i in range(self.dims)]
+        return tuple(reversed(pairs))
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        self._require_rank(input_shape, self.dims + 2)
+        batch, channels, *spatial = input_shape
+        pads = self.pads()
+        output = tuple(n + a + b for n, (a, b) in zip(spatial, pads))
+        _too_small(
+            SPATIAL_NAMES[self.dims],
+            output,
+            [f"{n} + {a} + {b} = {o}" for n, (a, b), o in zip(spatial, pads, output)],
+        )
+        return LayerResult(
+            output_shape=(batch, channels, *output),
+            windows=tuple(Window(1, 1, a) for a, _ in pads),
+            arguments=f"p={list(per_dim(self.padding, 2 * self.dims))}",
+        )
+
+
+LEAF_CLASSES: tuple[type[Leaf], ...] = (
+    Conv,
+    ConvTranspose,
+    MaxPool,
+    AvgPool,
+    AdaptivePool,
+    BatchNorm,
+    InstanceNorm,
+    GroupNorm,
+    LayerNorm,
+    LocalResponseNorm,
+    Activation,
+    Elementwise,
+    LeakyReLU,
+    ELU,
+    GELU,
+    Softmax,
+    Dropout,
+    Flatten,
+    Linear,
+    Upsample,
+    ZeroPad,
+)

@@ -1,0 +1,271 @@
+"""Reading specs: safe YAML that remembers line numbers, and errors that point at them.
+
+Every mapping and sequence read from YAML remembers its line (and each key's
+line), so a validation error's location (pydantic's ``loc``) can be turned into
+``spec.yaml:14: layers.3 (conv2): kernel_size: must be a positive integer, got 0``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from convcalc.errors import Problem, SpecSyntaxError, SpecValidationError
+from convcalc.spec import BLOCK_TYPES, LAYER_TYPES, Network, suggest
+
+__all__ = ["build_network", "load_spec", "parse_yaml", "with_overrides"]
+
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _LineDict(dict[Any, Any]):
+    line: int
+    key_lines: dict[Any, int]
+
+
+class _LineList(list[Any]):
+    line: int
+
+
+class _LineStr(str):
+    line: int
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
+    """PyYAML's safe loader (no object-constructing tags), recording line numbers."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Any:
+    data = _LineDict()
+    data.line = node.start_mark.line + 1
+    yield data
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = key_node.value
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {seen[key]})", key_node.start_mark
+            )
+        seen[key] = line
+    data.update(loader.construct_mapping(node))  # resolves merge keys (<<) in place
+    data.key_lines = {loader.construct_object(k): k.start_mark.line + 1 for k, _ in node.value}
+
+
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> Any:
+    data = _LineList()
+    data.line = node.start_mark.line + 1
+    yield data
+    for item_node, item in zip(node.value, loader.construct_sequence(node)):
+        if type(item) is str:  # a bare layer name: remember where it was written
+            item = _LineStr(item)
+            item.line = item_node.start_mark.line + 1
+        data.append(item)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text as Python data with line numbers; syntax errors as ``SpecSyntaxError``."""
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark else None
+        problem = error.problem or "cannot parse"
+        if "could not determine a constructor" in problem:
+            tag = problem.split("tag ", 1)[-1]
+            problem = (
+                f"the YAML tag {tag} is refused: specs are loaded safely and tags that "
+                f"construct objects are not allowed"
+            )
+        else:
+            column = f" (column {mark.column + 1})" if mark else ""
+            problem = f"YAML syntax error: {problem}{column}"
+        raise SpecSyntaxError(Problem(problem, source, line)) from None
+    except yaml.YAMLError as error:
+        raise SpecSyntaxError(Problem(f"YAML error: {error}", source)) from None
+    return data
+
+
+def _looks_like_path(text: str) -> bool:
+    return "\n" not in text and (
+        text.endswith((".yaml", ".yml", ".json")) or os.path.exists(text)
+    )
+
+
+def load_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | Network) -> Network:
+    """Load and validate a spec from a file path, YAML text, a dict or a ``Network``.
+
+    >>> net = load_spec({"input": [1, 28, 28], "layers": ["flatten", {"type": "Linear", "out_features": 10}]})
+    >>> [layer.type for layer in net.layers]
+    ['flatten', 'linear']
+    """
+    if isinstance(spec, Network):
+        return spec
+    if isinstance(spec, Mapping):
+        return build_network(spec, "<dict>")
+    if isinstance(spec, os.PathLike) or _looks_like_path(spec):
+        path = Path(spec)
+        source = str(spec)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SpecSyntaxError(Problem("no such file", source)) from None
+        except UnicodeDecodeError:
+            raise SpecSyntaxError(Problem("the file is not UTF-8 text", source)) from None
+        except OSError as error:
+            raise SpecSyntaxError(Problem(f"cannot read the file: {error.strerror}", source)) from None
+    else:
+        text, source = spec, "<string>"
+    data = parse_yaml(text, source)
+    if data is None:
+        raise SpecSyntaxError(
+            Problem("the spec is empty; it needs at least 'input' and 'layers'", source, 1)
+        )
+    if not isinstance(data, Mapping):
+        kind = "a list" if isinstance(data, list) else f"a {type(data).__name__}"
+        raise SpecSyntaxError(
+            Problem(
+                f"the spec must be a mapping with 'input' and 'layers', got {kind}",
+                source,
+                getattr(data, "line", 1),
+            )
+        )
+    return build_network(data, source)
+
+
+def build_network(data: Mapping[str, Any], source: str) -> Network:
+    """Validate raw spec data, turning pydantic's errors into located ``Problem``s."""
+    try:
+        network = Network.model_validate(data)
+    except ValidationError as error:
+        problems = [_locate(data, e, source) for e in error.errors(include_url=False)]
+        raise SpecValidationError(_merge_misspellings(problems)) from None
+    network._source = source
+    return network
+
+
+def with_overrides(
+    network: Network,
+    *,
+    input: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    dtype: str | None = None,
+) -> Network:
+    """A copy of ``network`` with the input shape, batch size or dtype replaced."""
+    data: dict[str, Any] = {name: getattr(network, name) for name in Network.model_fields}
+    if input is not None:
+        data["input"] = list(input)
+    if batch_size is not None:
+        data["batch_size"] = batch_size
+    if dtype is not None:
+        data["dtype"] = dtype
+    return build_network(data, network.source or "<spec>")
+
+
+# -- turning pydantic's loc into file:line, layer path and field ------------------------
+
+_CHILD_SEGMENTS = {"residual": {"layers": "body", "shortcut": "shortcut"}}
+
+
+def _locate(data: Any, error: Any, source: str) -> Problem:
+    loc = list(error["loc"])
+    node: Any = data
+    line: int | None = getattr(data, "line", None)
+    path: list[str] = []
+    layer: Any = None  # the innermost layer mapping (or bare name) reached
+    field: str | None = None
+    index = 0
+    while index < len(loc):
+        key = loc[index]
+        index += 1
+        if isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
+            node = node[key]
+            path.append(str(key))
+            if _is_layer(node):
+                layer = node
+            line = getattr(node, "line", line)
+            continue
+        if isinstance(node, Mapping) and key in node:
+            kind = str(node.get("type", "")).lower() if node is layer else None
+            value = node[key]
+            line = getattr(node, "key_lines", {}).get(key, line)
+            if node is data and key == "layers":
+                path.append("layers")
+            elif kind in BLOCK_TYPES and isinstance(value, list) and key in ("layers", "shortcut", "branches"):
+                if kind == "residual":
+                    path.append(_CHILD_SEGMENTS["residual"][key])
+                elif kind == "concat":
+                    path.append("branches")
+                elif kind == "repeat" and len(value) > 1:
+                    path.append("0")  # the first copy
+            else:
+                field = str(key)
+                rest = [str(k) for k in loc[index:] if not _is_tag(k)]
+                if rest:
+                    field += "." + ".".join(rest)
+                break
+            node = value
+            continue
+        # A discriminator tag (the class name) or a key the data does not have.
+        if isinstance(key, str) and not _is_tag(key):
+            field = key
+            break
+    message = _message(error, field, layer)
+    layer_path = ".".join(path) if layer is not None else None
+    name = layer.get("name") if isinstance(layer, Mapping) else None
+    return Problem(message, source, line, layer_path, name if isinstance(name, str) else None)
+
+
+def _merge_misspellings(problems: list[Problem]) -> list[Problem]:
+    """A misspelt field also reports the real one missing: keep only the misspelling."""
+    suggested = {
+        (p.path, p.message.rsplit("did you mean ", 1)[-1].strip("'?"))
+        for p in problems
+        if p.message.startswith("unknown field") and "did you mean" in p.message
+    }
+    return [
+        p
+        for p in problems
+        if not (
+            p.message.startswith("missing required field")
+            and (p.path, p.message.rsplit(" ", 1)[-1].strip("'")) in suggested
+        )
+    ]
+
+
+def _is_tag(key: Any) -> bool:
+    return isinstance(key, str) and any(key == cls.__name__ for cls in LAYER_TYPES.values())
+
+
+def _is_layer(node: Any) -> bool:
+    return isinstance(node, str) or (isinstance(node, Mapping) and "type" in node)
+
+
+def _message(error: Any, field: str | None, layer: Any) -> str:
+    kind = error["type"]
+    text = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind == "extra_forbidden" and field is not None:
+        known: list[str] = list(Network.model_fields)
+        if isinstance(layer, Mapping):
+            cls = LAYER_TYPES.get(str(layer.get("type", "")).lower())
+            known = list(cls.model_fields) if cls else []
+        return f"unknown field {field!r}{suggest(field, known)}"
+    if kind == "missing" and field is not None:
+        return f"missing required field {field!r}"
+    if text.startswith("Input should be"):
+        text = "must be" + text.removeprefix("Input should be")
+        text += f", got {error['input']!r}"
+    elif text.startswith("List should have"):
+        text = "must have" + text.removeprefix("List should have")
+    return f"{field}: {text}" if field else text

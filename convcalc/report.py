@@ -1,0 +1,170 @@
+"""What ``analyze`` returns: frozen rows, totals and warnings, and their JSON form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from convcalc.receptive_field import ReceptiveField
+
+__all__ = ["DTYPE_BYTES", "LayerRow", "Report", "SpecWarning", "Totals"]
+
+DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LayerRow:
+    """One layer or block of the network, in depth-first order."""
+
+    path: str
+    name: str | None
+    type: str
+    depth: int
+    input_shape: Shape
+    output_shape: Shape
+    params: int
+    trainable_params: int
+    buffers: int
+    macs: int
+    output_bytes: int
+    receptive_field: ReceptiveField | None
+    arguments: str = ""
+    is_block: bool = False
+    line: int | None = None
+
+    @property
+    def non_trainable_params(self) -> int:
+        return self.params - self.trainable_params
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "name": self.name,
+            "type": self.type,
+            "depth": self.depth,
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
+            "params": self.params,
+            "trainable_params": self.trainable_params,
+            "buffers": self.buffers,
+            "macs": self.macs,
+            "output_bytes": self.output_bytes,
+            "receptive_field": None
+            if self.receptive_field is None
+            else self.receptive_field.to_dict(),
+            "arguments": self.arguments,
+            "is_block": self.is_block,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Whole-network sums. MACs count conv, transposed conv and linear only, bias excluded."""
+
+    params: int
+    trainable_params: int
+    buffers: int
+    macs: int
+    param_bytes: int
+    activation_bytes: int
+    input_bytes: int
+    largest_activation_bytes: int
+    largest_activation_path: str | None
+
+    @property
+    def non_trainable_params(self) -> int:
+        return self.params - self.trainable_params
+
+    @property
+    def flops(self) -> int:
+        """FLOPs as torch.utils.flop_counter counts them: 2 per multiply-accumulate."""
+        return 2 * self.macs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "params": self.params,
+            "trainable_params": self.trainable_params,
+            "non_trainable_params": self.non_trainable_params,
+            "buffers": self.buffers,
+            "macs": self.macs,
+            "flops": self.flops,
+            "param_bytes": self.param_bytes,
+            "activation_bytes": self.activation_bytes,
+            "input_bytes": self.input_bytes,
+            "largest_activation_bytes": self.largest_activation_bytes,
+            "largest_activation_path": self.largest_activation_path,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SpecWarning:
+    """Something legal but probably unintended, at one layer."""
+
+    path: str
+    message: str
+    name: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        layer = self.path if not self.name else f"{self.path} ({self.name})"
+        return f"{layer}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Report:
+    """The analysis of one network at one input shape."""
+
+    name: str
+    input_shape: Shape
+    dtype: str
+    rows: tuple[LayerRow, ...]
+    totals: Totals
+    warnings: tuple[SpecWarning, ...]
+    source: str | None = None
+
+    @property
+    def output_shape(self) -> Shape:
+        """The network's output shape (with batch)."""
+        return self.top_level_output().output_shape
+
+    def row(self, path_or_name: str) -> LayerRow:
+        """The row with this path, or else the first with this name."""
+        for row in self.rows:
+            if row.path == path_or_name:
+                return row
+        for row in self.rows:
+            if row.name == path_or_name:
+                return row
+        raise KeyError(path_or_name)
+
+    def top_level_output(self) -> LayerRow:
+        """The last row at depth 1: the network's output."""
+        return next(row for row in reversed(self.rows) if row.depth == 1)
+
+    def to_dict(self, depth: int | None = None) -> dict[str, Any]:
+        """Exactly what ``convcalc shape --format json [--depth N]`` prints."""
+        return {
+            "name": self.name,
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
+            "dtype": self.dtype,
+            "layers": [
+                row.to_dict() for row in self.rows if depth is None or row.depth <= depth
+            ],
+            "totals": self.totals.to_dict(),
+            "warnings": [warning.to_dict() for warning in self.warnings],
+        }
+
+    def render(self, format: str = "table", depth: int | None = None) -> str:
+        """The report as text: table, markdown, github, csv or json."""
+        from convcalc.formatting import render
+
+        return render(self, format, depth)
+
+    def __str__(self) -> str:
+        return self.render()

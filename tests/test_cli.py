@@ -1,0 +1,130 @@
+"""The command line, through click's CliRunner, and as real processes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import convcalc
+from convcalc.cli import cli
+
+from .conftest import SPECS_DIR
+
+ALEXNET = str(SPECS_DIR / "alexnet.yaml")
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_shape_table_is_the_report():
+    result = run("shape", ALEXNET)
+    assert result.exit_code == 0
+    assert result.stdout == convcalc.analyze(ALEXNET).render("table")
+    assert "Total params:         61,100,840" in result.stdout
+    assert "FLOPs = 2 × MACs" in result.stdout
+
+
+def test_shape_json_is_to_dict():
+    result = run("shape", ALEXNET, "--format", "json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == json.loads(json.dumps(convcalc.analyze(ALEXNET).to_dict()))
+
+
+def test_shape_csv_has_one_row_per_layer():
+    result = run("shape", ALEXNET, "-f", "csv")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    report = convcalc.analyze(ALEXNET)
+    assert len(rows) == len(report.rows)
+    assert rows[1]["path"] == "layers.0.0" and rows[1]["output_shape"] == "1x64x55x55"
+    assert sum(int(r["params"]) for r in rows if r["depth"] == "1") == 61_100_840
+
+
+@pytest.mark.parametrize(("output_format", "marker"), [("markdown", "|:--"), ("github", "|----")])
+def test_markdown_formats(output_format, marker):
+    result = run("shape", ALEXNET, "--format", output_format)
+    assert result.exit_code == 0
+    assert marker in result.stdout
+    assert "| Total params" in result.stdout
+
+
+def test_depth_folds():
+    result = run("shape", ALEXNET, "--depth", "1", "-f", "json")
+    layers = json.loads(result.stdout)["layers"]
+    assert [layer["path"] for layer in layers] == ["layers.0", "layers.1", "layers.2", "layers.3"]
+
+
+def test_overrides():
+    result = run("shape", ALEXNET, "--input", "3,227,227", "--batch-size", "8", "--dtype", "float16", "-f", "json")
+    data = json.loads(result.stdout)
+    assert data["input_shape"] == [8, 3, 227, 227]
+    assert data["dtype"] == "float16"
+    assert data["totals"]["param_bytes"] == 2 * 61_100_840
+    assert data["layers"][1]["output_shape"] == [8, 64, 56, 56]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["shape"],
+        ["shape", "no-such-file.yaml"],
+        ["shape", ALEXNET, "--format", "xml"],
+        ["shape", ALEXNET, "--input", "3,abc"],
+        ["shape", ALEXNET, "--input", "0,224,224"],
+        ["shape", ALEXNET, "--depth", "0"],
+        ["frobnicate"],
+    ],
+)
+def test_bad_usage_exits_2(args):
+    result = run(*args)
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+def test_bad_override_is_a_spec_error():
+    result = run("shape", ALEXNET, "--input", "3,8,8")
+    assert result.exit_code == 1
+    assert "alexnet.yaml:11: layers.0.2: output size in H would be 0: " in result.stderr
+
+
+def test_check_ok():
+    result = run("check", ALEXNET)
+    assert result.exit_code == 0
+    assert "ok: 24 layers, output [1, 1000], 61,100,840 params, 714,188,480 MACs" in result.stdout
+
+
+def test_check_prints_warnings_but_passes():
+    result = run("check", str(SPECS_DIR / "alexnet_original.yaml"), "--input", "3,224,224")
+    assert result.exit_code == 0
+    assert "warning:" in result.stderr and "never covered" in result.stderr
+
+
+def test_version_and_help():
+    assert run("--version").stdout.startswith("convcalc, version")
+    assert "shape" in run("--help").stdout
+
+
+@pytest.mark.parametrize(
+    "entry", [[str(Path(sys.executable).parent / "convcalc")], [sys.executable, "-m", "convcalc"]]
+)
+def test_real_process(entry):
+    done = subprocess.run([*entry, "check", ALEXNET], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "61,100,840 params" in done.stdout
+
+
+def test_real_process_error_has_no_traceback(write_spec):
+    path = write_spec("input: [3, 8, 8]\nlayers:\n  - {type: conv2d, out_channels: 4}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "convcalc", "shape", str(path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1
+    assert done.stderr == f"error: {path}:3: layers.0: missing required field 'kernel_size'\n"
+    assert done.stdout == ""

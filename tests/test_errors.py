@@ -1,0 +1,239 @@
+"""Every bad spec gets one precise message naming the file, the line and the layer path."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from click.testing import CliRunner
+
+import convcalc
+from convcalc.cli import cli
+
+HEAD = "name: bad\ninput: [3, 32, 32]\nlayers:\n"
+
+# (spec text, exception class, the exact first line of the message after "spec.yaml")
+CASES = {
+    "yaml_syntax": (
+        HEAD + "  - {type: conv2d, out_channels: 8, kernel_size: 3\n  - relu\n",
+        convcalc.SpecSyntaxError,
+        ":6: YAML syntax error: did not find expected ',' or '}' (column 1)",
+    ),
+    "unknown_type": (
+        HEAD + "  - {type: conv2dd, out_channels: 8, kernel_size: 3}\n",
+        convcalc.SpecValidationError,
+        ":4: layers.0: unknown layer type 'conv2dd'; did you mean 'conv2d'?",
+    ),
+    "unknown_bare_type": (
+        HEAD + "  - {type: conv2d, out_channels: 8, kernel_size: 3}\n  - rellu\n",
+        convcalc.SpecValidationError,
+        ":5: layers.1: unknown layer type 'rellu'; did you mean 'relu'?",
+    ),
+    "misspelt_field": (
+        HEAD + "  - {type: conv2d, name: conv1, out_channels: 8, kernal_size: 3}\n",
+        convcalc.SpecValidationError,
+        ":4: layers.0 (conv1): unknown field 'kernal_size'; did you mean 'kernel_size'?",
+    ),
+    "zero_kernel": (
+        HEAD + "  - type: conv2d\n    out_channels: 8\n    kernel_size: 0\n",
+        convcalc.SpecValidationError,
+        ":6: layers.0: kernel_size: must be a positive integer or a list of them, got 0",
+    ),
+    "negative_stride": (
+        HEAD + "  - {type: maxpool2d, kernel_size: 2, stride: [2, -1]}\n",
+        convcalc.SpecValidationError,
+        ":4: layers.0: stride: must be a positive integer or a list of them, got [2, -1]",
+    ),
+    "zero_channels": (
+        HEAD + "  - {type: conv2d, out_channels: 0, kernel_size: 3}\n",
+        convcalc.SpecValidationError,
+        ":4: layers.0: out_channels: must be a positive integer, got 0",
+    ),
+    "output_too_small": (
+        HEAD
+        + "  - {type: conv2d, out_channels: 8, kernel_size: 5, stride: 4}\n"
+        + "  - {type: conv2d, name: conv2, out_channels: 8, kernel_size: 9}\n",
+        convcalc.ShapeError,
+        ":5: layers.1 (conv2): output size in H would be -1: "
+        "⌊(7 + 2·0 − 1·(9−1) − 1) / 1⌋ + 1 = -1; the input is too small",
+    ),
+    "out_channels_groups": (
+        HEAD + "  - {type: conv2d, out_channels: 10, kernel_size: 3, groups: 3}\n",
+        convcalc.SpecValidationError,
+        ":4: layers.0: out_channels (10) is not divisible by groups (3)",
+    ),
+    "in_channels_groups": (
+        HEAD + "  - {type: conv2d, out_channels: 4, kernel_size: 3, groups: 2}\n",
+        convcalc.ShapeError,
+        ":4: layers.0: in_channels (3) is not divisible by groups (2)",
+    ),
+    "rank_mismatch": (
+        "input: [3, 32]\nlayers:\n  - {type: conv2d, out_channels: 4, kernel_size: 3}\n",
+        convcalc.ShapeError,
+        ":3: layers.0: conv2d expects input [N, C, H, W] but gets [1, 3, 32] (3 dimensions)",
+    ),
+    "linear_without_flatten": (
+        HEAD + "  - {type: conv2d, out_channels: 4, kernel_size: 3}\n"
+        "  - {type: linear, name: fc, out_features: 10}\n",
+        convcalc.ShapeError,
+        ":5: layers.1 (fc): linear gets the multi-dimensional shape [1, 4, 30, 30]; add a "
+        "flatten layer before it (or give in_features: 30 to apply it to the last dimension only)",
+    ),
+    "declared_in_channels": (
+        HEAD + "  - {type: conv2d, in_channels: 1, out_channels: 4, kernel_size: 3}\n",
+        convcalc.ShapeError,
+        ":4: layers.0: in_channels is 1 but the incoming shape [1, 3, 32, 32] has 3 channels",
+    ),
+    "residual_shapes": (
+        HEAD
+        + "  - type: residual\n"
+        + "    layers:\n"
+        + "      - {type: conv2d, out_channels: 8, kernel_size: 3, padding: 1}\n",
+        convcalc.ShapeError,
+        ":4: layers.0: residual: the body's output [1, 8, 32, 32] and the identity "
+        "shortcut's output [1, 3, 32, 32] must have the same shape",
+    ),
+    "concat_sizes": (
+        HEAD
+        + "  - type: concat\n"
+        + "    branches:\n"
+        + "      - [{type: conv2d, out_channels: 8, kernel_size: 3}]\n"
+        + "      - []\n",
+        convcalc.ShapeError,
+        ":4: layers.0: concat: branch 0 gives [1, 8, 30, 30] but branch 1 gives "
+        "[1, 3, 32, 32]; all dimensions but the channels must agree",
+    ),
+    "same_with_stride": (
+        HEAD + "  - {type: conv2d, out_channels: 4, kernel_size: 3, stride: 2, padding: same}\n",
+        convcalc.SpecValidationError,
+        ":4: layers.0: padding 'same' needs stride 1 (torch refuses it for strided "
+        "convolutions), got stride 2",
+    ),
+    "reflect_too_large": (
+        "input: [1, 4, 4]\nlayers:\n"
+        "  - {type: conv2d, out_channels: 4, kernel_size: 3, padding: 4, padding_mode: reflect}\n",
+        convcalc.ShapeError,
+        ":3: layers.0: reflect padding 4 must be smaller than the input size 4 in H",
+    ),
+    "repeat_zero": (
+        HEAD + "  - {type: repeat, times: 0, layers: [relu]}\n",
+        convcalc.SpecValidationError,
+        ":4: layers.0: times: must be a positive integer, got 0",
+    ),
+    "repeat_too_many": (
+        HEAD
+        + "  - type: repeat\n    times: 1000\n    layers:\n"
+        + "      - {type: repeat, times: 1000, layers: [relu]}\n",
+        convcalc.SpecValidationError,
+        ":1: the spec expands to more than 100,000 layers (repeat times × layers); "
+        "refusing to analyse it",
+    ),
+    "not_a_mapping": (
+        "- conv2d\n- relu\n",
+        convcalc.SpecSyntaxError,
+        ":1: the spec must be a mapping with 'input' and 'layers', got a list",
+    ),
+    "empty_file": (
+        "",
+        convcalc.SpecSyntaxError,
+        ":1: the spec is empty; it needs at least 'input' and 'layers'",
+    ),
+    "python_tag": (
+        HEAD + "  - !!python/object/apply:os.system ['echo hi']\n",
+        convcalc.SpecSyntaxError,
+        ":4: the YAML tag 'tag:yaml.org,2002:python/object/apply:os.system' is refused: specs are "
+        "loaded safely and tags that construct objects are not allowed",
+    ),
+    "missing_field": (
+        HEAD + "  - {type: linear}\n",
+        convcalc.SpecValidationError,
+        ":4: layers.0: missing required field 'out_features'",
+    ),
+    "bad_literal": (
+        HEAD + "  - {type: conv2d, out_channels: 4, kernel_size: 3, padding_mode: mirror}\n",
+        convcalc.SpecValidationError,
+        ":4: layers.0: padding_mode: must be 'zeros', 'reflect', 'replicate' or 'circular', "
+        "got 'mirror'",
+    ),
+    "nested_path": (
+        HEAD
+        + "  - type: sequential\n    name: stage1\n    layers:\n"
+        + "      - type: residual\n        layers:\n          - relu\n"
+        + "        shortcut:\n          - {type: conv2d, out_channels: 3, kernel_size: 1, strid: 1}\n",
+        convcalc.SpecValidationError,
+        ":11: layers.0.0.shortcut.0: unknown field 'strid'; did you mean 'stride'?",
+    ),
+    "duplicate_key": (
+        HEAD + "  - {type: conv2d, out_channels: 4, kernel_size: 3, out_channels: 5}\n",
+        convcalc.SpecSyntaxError,
+        ":4: YAML syntax error: duplicate key 'out_channels' (first on line 4) (column 53)",
+    ),
+    "top_level_field": (
+        "input: [3, 0, 32]\nlayers: [relu]\n",
+        convcalc.SpecValidationError,
+        ":1: input.1: must be a positive integer, got 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_error_message(case, write_spec):
+    text, error_class, expected = CASES[case]
+    path = write_spec(text)
+    with pytest.raises(error_class) as raised:
+        convcalc.analyze(path)
+    first = str(raised.value).splitlines()[0]
+    assert first == f"{path}{expected}"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cli_prints_the_message_and_exits_1(case, write_spec):
+    text, _, expected = CASES[case]
+    path = write_spec(text)
+    for command in ("shape", "check"):
+        result = CliRunner().invoke(cli, [command, str(path)])
+        assert result.exit_code == 1, result.output
+        assert f"error: {path}{expected}" in result.stderr
+        assert "Traceback" not in result.output
+        assert result.stdout == ""
+
+
+def test_expansion_is_refused_quickly(write_spec):
+    # nine levels of aliases: 10**9 layers if expanded
+    lines = ["input: [3, 8, 8]", "x-0: &l0 [relu, relu, relu, relu, relu, relu, relu, relu, relu, relu]"]
+    for level in range(1, 9):
+        lines.append(f"x-{level}: &l{level} [" + ", ".join([f"{{type: sequential, layers: *l{level - 1}}}"] * 10) + "]")
+    lines.append("layers: *l8")
+    path = write_spec("\n".join(lines) + "\n")
+    start = time.perf_counter()
+    with pytest.raises(convcalc.SpecValidationError, match="more than 100,000 layers"):
+        convcalc.analyze(path)
+    assert time.perf_counter() - start < 5  # generous: a hang would take hours
+
+
+def test_check_lists_every_problem(write_spec):
+    path = write_spec(
+        HEAD
+        + "  - {type: conv2d, out_channels: 0, kernel_size: 3}\n"
+        + "  - {type: maxpool2d, kernal_size: 2}\n"
+        + "  - {type: dropout, p: 1.5}\n"
+    )
+    result = CliRunner().invoke(cli, ["check", str(path)])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"error: {path}:4: layers.0: out_channels: must be a positive integer, got 0",
+        f"error: {path}:5: layers.1: unknown field 'kernal_size'; did you mean 'kernel_size'?",
+        f"error: {path}:6: layers.2: p: must be a probability between 0 and 1, got 1.5",
+    ]
+
+
+def test_dict_specs_name_the_source():
+    with pytest.raises(convcalc.SpecValidationError) as raised:
+        convcalc.analyze({"input": [1, 8, 8], "layers": [{"type": "conv9d"}]})
+    assert str(raised.value) == "<dict>: layers.0: unknown layer type 'conv9d'; did you mean 'conv3d'?"
+
+
+def test_overrides_are_validated():
+    with pytest.raises(convcalc.SpecValidationError, match="batch_size: must be a positive integer, got 0"):
+        convcalc.analyze({"input": [1, 8, 8], "layers": ["relu"]}, batch_size=0)
