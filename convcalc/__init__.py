@@ -1,7 +1,8 @@
 """convcalc: shapes, parameters, MACs, memory and receptive fields of CNNs from a YAML spec.
 
 >>> import convcalc
->>> report = convcalc.analyze({"input": [1, 28, 28], "layers": ["flatten", {"type": "linear", "out_features": 10}]})
+>>> spec = {"input": [1, 28, 28], "layers": ["flatten", {"type": "linear", "out_features": 10}]}
+>>> report = convcalc.analyze(spec)
 >>> report.totals.params
 7850
 """

@@ -63,15 +63,13 @@ class _Analyzer:
             out.add(step)
         return out
 
-    def layer(
-        self, layer: LayerSpec, flow: _Flow, path: str, depth: int, trainable: bool
-    ) -> _Flow:
+    def layer(self, layer: LayerSpec, flow: _Flow, path: str, depth: int, trainable: bool) -> _Flow:
         trainable = trainable and layer.trainable
         if isinstance(layer, Leaf):
             return self.leaf(layer, flow, path, depth, trainable)
         slot = len(self.rows)
         self.rows.append(None)  # the block's row goes before its children
-        out = self.block(layer, flow, path, depth, trainable)  # type: ignore[arg-type]
+        out = self.block(layer, flow, path, depth, trainable)
         allocates = isinstance(layer, (Residual, Concat))  # the add / cat makes a new tensor
         self.rows[slot] = self.make_row(layer, path, depth, flow.shape, out, "", allocates, True)
         return out
@@ -159,9 +157,14 @@ class _Analyzer:
         first = branches[0].shape
         for i, branch in enumerate(branches[1:], start=1):
             shape = branch.shape
-            if len(shape) != len(first) or len(shape) < 2 or (shape[0], *shape[2:]) != (
-                first[0],
-                *first[2:],
+            if (
+                len(shape) != len(first)
+                or len(shape) < 2
+                or (shape[0], *shape[2:])
+                != (
+                    first[0],
+                    *first[2:],
+                )
             ):
                 raise self.error(
                     f"concat: branch 0 gives {format_shape(first)} but branch {i} gives "
@@ -186,9 +189,10 @@ class _Analyzer:
             offsets = merged.centre_offsets(other)
             if any(offsets) or merged.stride != other.stride:
                 names = ("L",) if len(offsets) == 1 else ("D", "H", "W")[-len(offsets) :]
-                detail = ", ".join(
-                    f"{n}: {float(o):g} px" for n, o in zip(names, offsets) if o
-                ) or "their strides differ"
+                detail = (
+                    ", ".join(f"{n}: {float(o):g} px" for n, o in zip(names, offsets) if o)
+                    or "their strides differ"
+                )
                 self.warn(
                     block,
                     path,

@@ -7,7 +7,6 @@ Exit codes: 0 success, 1 a bad spec (one message per problem, never a traceback)
 from __future__ import annotations
 
 import re
-import sys
 from typing import Any
 
 import click
@@ -33,7 +32,7 @@ class _Group(click.Group):
             ctx.exit(1)
 
 
-class _ShapeParam(click.ParamType):
+class _ShapeParam(click.ParamType):  # type: ignore[type-arg,unused-ignore]
     """``3,227,227`` (or ``3x227x227``): one sample's shape, channels first."""
 
     name = "C,H,W"
@@ -55,9 +54,7 @@ class _ShapeParam(click.ParamType):
         return shape
 
 
-_spec_argument = click.argument(
-    "spec", type=click.Path(exists=True, dir_okay=False, readable=True)
-)
+_spec_argument = click.argument("spec", type=click.Path(exists=True, dir_okay=False, readable=True))
 
 
 def _override_options(function: Any) -> Any:
@@ -140,4 +137,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -44,7 +44,11 @@ def visible_rows(report: Report, depth: int | None) -> list[LayerRow]:
 
 
 def _number(value: Number) -> str:
-    return str(value) if not isinstance(value, Fraction) or value.denominator == 1 else f"{float(value):.4g}"
+    return (
+        str(value)
+        if not isinstance(value, Fraction) or value.denominator == 1
+        else f"{float(value):.4g}"
+    )
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
@@ -111,10 +115,7 @@ def _table(report: Report, rows: list[LayerRow], style: str) -> str:
     largest = ""
     if totals.largest_activation_path:
         row = report.row(totals.largest_activation_path)
-        largest = (
-            f" (largest: {_label(row, '')}, "
-            f"{_megabytes(totals.largest_activation_bytes)})"
-        )
+        largest = f" (largest: {_label(row, '')}, {_megabytes(totals.largest_activation_bytes)})"
     summary = [
         ("Total params", f"{totals.params:,}"),
         ("Trainable params", f"{totals.trainable_params:,}"),
@@ -137,8 +138,15 @@ def _table(report: Report, rows: list[LayerRow], style: str) -> str:
         if report.warnings:
             lines += ["", "Warnings:"] + [f"  {warning}" for warning in report.warnings]
         return "\n".join(lines) + "\n"
-    lines = [f"**{title}**", "", table, "", tabulate(summary, ["Total", "Value"], tablefmt=style,
-                                                    disable_numparse=True), "", f"_{MACS_NOTE}_"]
+    lines = [
+        f"**{title}**",
+        "",
+        table,
+        "",
+        tabulate(summary, ["Total", "Value"], tablefmt=style, disable_numparse=True),
+        "",
+        f"_{MACS_NOTE}_",
+    ]
     if report.warnings:
         lines += ["", "**Warnings**", ""] + [f"- `{w.path}`: {w.message}" for w in report.warnings]
     return "\n".join(lines) + "\n"

@@ -128,7 +128,9 @@ def uncovered_pixels(
     >>> uncovered_pixels(227, kernel=11, stride=4, padding_left=0, dilation=1, output_size=55)
     0
     """
-    last_covered = (output_size - 1) * stride - padding_left + effective_kernel(kernel, dilation) - 1
+    last_covered = (
+        (output_size - 1) * stride - padding_left + effective_kernel(kernel, dilation) - 1
+    )
     return max(0, size - 1 - last_covered)
 
 

@@ -8,8 +8,6 @@ input (for receptive fields). Shapes always include the batch dimension.
 Adding a layer kind means one class here, listed in ``LEAF_CLASSES``.
 """
 
-from __future__ import annotations
-
 import enum
 import math
 from dataclasses import dataclass
@@ -179,7 +177,9 @@ def _window_warnings(
     names = SPATIAL_NAMES[len(spatial)]
     dropped = []
     skipped = []
-    for name, n, k, s, p, d, o in zip(names, spatial, kernel, stride, padding_left, dilation, output):
+    for name, n, k, s, p, d, o in zip(
+        names, spatial, kernel, stride, padding_left, dilation, output
+    ):
         lost = uncovered_pixels(n, k, s, p, d, o)
         if lost:
             dropped.append(f"{_plural(lost, _UNITS[name])} ({name})")
@@ -214,8 +214,10 @@ def conv_formula(n: int, k: int, s: int, pl: int, pr: int, d: int, out: int) -> 
 def pool_formula(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool, out: int) -> str:
     """The pooling output-size formula with its numbers, for messages.
 
-    >>> pool_formula(5, 2, 2, 1, 1, True, 3)
-    '⌈(5 + 2·1 − 1·(2−1) − 1) / 2⌉ + 1 = 4, minus 1 as the last window would start in the padding = 3'
+    >>> for part in pool_formula(5, 2, 2, 1, 1, True, 3).split(", "):
+    ...     print(part)
+    ⌈(5 + 2·1 − 1·(2−1) − 1) / 2⌉ + 1 = 4
+    minus 1 as the last window would start in the padding = 3
     """
     if not ceil_mode:
         return f"⌊({n} + 2·{p} − {d}·({k}−1) − 1) / {s}⌋ + 1 = {out}"
@@ -252,10 +254,13 @@ class Conv(Leaf):
     padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros"
 
     @model_validator(mode="after")
-    def _check(self) -> Conv:
+    def _check(self) -> "Conv":
         padding = None if isinstance(self.padding, str) else self.padding
         self._check_lengths(
-            kernel_size=self.kernel_size, stride=self.stride, padding=padding, dilation=self.dilation
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=padding,
+            dilation=self.dilation,
         )
         if self.out_channels % self.groups:
             raise ValueError(
@@ -310,7 +315,9 @@ class Conv(Leaf):
                 output,
                 [
                     conv_formula(n, k, s, pl, pr, d, o)
-                    for n, k, s, (pl, pr), d, o in zip(spatial, kernel, stride, pads, dilation, output)
+                    for n, k, s, (pl, pr), d, o in zip(
+                        spatial, kernel, stride, pads, dilation, output
+                    )
                 ],
             )
         per_output = (channels // self.groups) * math.prod(kernel)
@@ -343,7 +350,11 @@ class Conv(Leaf):
 class ConvTranspose(Leaf):
     """``nn.ConvTranspose1d``/``2d``/``3d``."""
 
-    torch_names: ClassVar[tuple[str, ...]] = ("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
+    torch_names: ClassVar[tuple[str, ...]] = (
+        "ConvTranspose1d",
+        "ConvTranspose2d",
+        "ConvTranspose3d",
+    )
     type: Literal["convtranspose1d", "convtranspose2d", "convtranspose3d"]
     in_channels: PositiveInt | None = None
     out_channels: PositiveInt
@@ -357,7 +368,7 @@ class ConvTranspose(Leaf):
     padding_mode: Literal["zeros"] = "zeros"
 
     @model_validator(mode="after")
-    def _check(self) -> ConvTranspose:
+    def _check(self) -> "ConvTranspose":
         self._check_lengths(
             kernel_size=self.kernel_size,
             stride=self.stride,
@@ -509,7 +520,7 @@ class MaxPool(_Pool):
     return_indices: Bool = False
 
     @model_validator(mode="after")
-    def _check(self) -> MaxPool:
+    def _check(self) -> "MaxPool":
         self._check_lengths(
             kernel_size=self.kernel_size,
             stride=self.stride,
@@ -532,7 +543,7 @@ class AvgPool(_Pool):
     divisor_override: PositiveInt | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> AvgPool:
+    def _check(self) -> "AvgPool":
         self._check_lengths(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
         if self.divisor_override is not None and self.dims == 1:
             raise ValueError("divisor_override: avgpool1d has no divisor_override (2d and 3d only)")
@@ -565,7 +576,7 @@ class AdaptivePool(Leaf):
     return_indices: Bool = False
 
     @model_validator(mode="after")
-    def _check(self) -> AdaptivePool:
+    def _check(self) -> "AdaptivePool":
         if isinstance(self.output_size, tuple) and len(self.output_size) != self.dims:
             raise ValueError(
                 f"output_size: {self.type} takes one value or {self.dims}, "
@@ -618,8 +629,10 @@ class BatchNorm(Leaf):
     def infer(self, input_shape: Shape) -> LayerResult:
         ranks = (2, 3) if self.dims == 1 else (self.dims + 2,)
         self._require_rank(input_shape, *ranks)
-        channels = self._check_declared("num_features", self.num_features, input_shape[1], input_shape)
-        warnings = ()
+        channels = self._check_declared(
+            "num_features", self.num_features, input_shape[1], input_shape
+        )
+        warnings: tuple[str, ...] = ()
         if math.prod(input_shape) // channels == 1:
             warnings = (
                 f"{format_shape(input_shape)} has one value per channel: torch refuses to "
@@ -647,8 +660,10 @@ class InstanceNorm(Leaf):
 
     def infer(self, input_shape: Shape) -> LayerResult:
         self._require_rank(input_shape, self.dims + 2)
-        channels = self._check_declared("num_features", self.num_features, input_shape[1], input_shape)
-        warnings = ()
+        channels = self._check_declared(
+            "num_features", self.num_features, input_shape[1], input_shape
+        )
+        warnings: tuple[str, ...] = ()
         if math.prod(input_shape[2:]) == 1:
             warnings = (
                 f"{format_shape(input_shape)} has one spatial element: torch refuses to train "
@@ -676,7 +691,9 @@ class GroupNorm(Leaf):
     def infer(self, input_shape: Shape) -> LayerResult:
         if len(input_shape) < 2:
             raise _fail(f"groupnorm expects input [N, C, ...], got {format_shape(input_shape)}")
-        channels = self._check_declared("num_channels", self.num_channels, input_shape[1], input_shape)
+        channels = self._check_declared(
+            "num_channels", self.num_channels, input_shape[1], input_shape
+        )
         if channels % self.num_groups:
             raise _fail(
                 f"the {channels} channels do not divide into num_groups ({self.num_groups})"
@@ -806,7 +823,7 @@ class Softmax(Leaf):
 
     def infer(self, input_shape: Shape) -> LayerResult:
         rank = len(input_shape)
-        warnings = ()
+        warnings: tuple[str, ...] = ()
         if self.dim is None:
             implicit = 0 if rank in (0, 1, 3) else 1
             warnings = (
@@ -912,16 +929,21 @@ class Upsample(Leaf):
     type: Literal["upsample"]
     size: PositiveIntOrInts | None = None
     scale_factor: FloatOrFloats | None = None
-    mode: Literal["nearest", "linear", "bilinear", "bicubic", "trilinear", "area", "nearest-exact"] = (
-        "nearest"
-    )
+    mode: Literal[
+        "nearest", "linear", "bilinear", "bicubic", "trilinear", "area", "nearest-exact"
+    ] = "nearest"
     align_corners: Bool | None = None
     recompute_scale_factor: Bool | None = None
 
-    _MODE_RANKS: ClassVar[dict[str, int]] = {"linear": 3, "bilinear": 4, "bicubic": 4, "trilinear": 5}
+    _MODE_RANKS: ClassVar[dict[str, int]] = {
+        "linear": 3,
+        "bilinear": 4,
+        "bicubic": 4,
+        "trilinear": 5,
+    }
 
     @model_validator(mode="after")
-    def _check(self) -> Upsample:
+    def _check(self) -> "Upsample":
         if (self.size is None) == (self.scale_factor is None):
             raise ValueError("give exactly one of size and scale_factor")
         if self.align_corners is not None and self.mode not in self._MODE_RANKS:
@@ -952,7 +974,8 @@ class Upsample(Leaf):
             scales = tuple(Fraction(o, n) for o, n in zip(output, spatial))
             arguments = f"size={_fmt(output)} {self.mode}"
         else:
-            factors = (
+            assert self.scale_factor is not None  # the validator requires size or scale_factor
+            factors: tuple[float, ...] = (
                 self.scale_factor
                 if isinstance(self.scale_factor, tuple)
                 else (self.scale_factor,) * dims
@@ -962,16 +985,14 @@ class Upsample(Leaf):
                     f"scale_factor {list(factors)} has {len(factors)} values for {dims} "
                     f"spatial dimensions of {format_shape(input_shape)}"
                 )
-            output = tuple(
-                upsample_output_size(n, f) for n, f in zip(spatial, factors)  # type: ignore[arg-type]
-            )
+            output = tuple(upsample_output_size(n, f) for n, f in zip(spatial, factors))
             _too_small(
                 SPATIAL_NAMES[dims],
                 output,
-                [f"⌊{n} · {f:g}⌋ = {o}" for n, f, o in zip(spatial, factors, output)],  # type: ignore[str-format]
+                [f"⌊{n} · {f:g}⌋ = {o}" for n, f, o in zip(spatial, factors, output)],
             )
-            scales = tuple(Fraction(f).limit_denominator(10_000) for f in factors)  # type: ignore[arg-type]
-            arguments = f"×{_fmt(tuple(f'{f:g}' for f in factors))} {self.mode}"  # type: ignore[str-format]
+            scales = tuple(Fraction(f).limit_denominator(10_000) for f in factors)
+            arguments = f"×{_fmt(tuple(f'{f:g}' for f in factors))} {self.mode}"
         return LayerResult(
             output_shape=(batch, channels, *output),
             windows=tuple(self._window(scale) for scale in scales),
@@ -997,7 +1018,7 @@ class ZeroPad(Leaf):
     padding: SignedIntOrInts
 
     @model_validator(mode="after")
-    def _check(self) -> ZeroPad:
+    def _check(self) -> "ZeroPad":
         if isinstance(self.padding, tuple) and len(self.padding) != 2 * self.dims:
             raise ValueError(
                 f"padding: {self.type} takes one value or {2 * self.dims} "

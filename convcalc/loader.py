@@ -52,7 +52,10 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Any:
         line = key_node.start_mark.line + 1
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first on line {seen[key]})", key_node.start_mark
+                None,
+                None,
+                f"duplicate key {key!r} (first on line {seen[key]})",
+                key_node.start_mark,
             )
         seen[key] = line
     data.update(loader.construct_mapping(node))  # resolves merge keys (<<) in place
@@ -77,7 +80,7 @@ _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
 def parse_yaml(text: str, source: str) -> Any:
     """YAML text as Python data with line numbers; syntax errors as ``SpecSyntaxError``."""
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        data = yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else None
@@ -98,15 +101,14 @@ def parse_yaml(text: str, source: str) -> Any:
 
 
 def _looks_like_path(text: str) -> bool:
-    return "\n" not in text and (
-        text.endswith((".yaml", ".yml", ".json")) or os.path.exists(text)
-    )
+    return "\n" not in text and (text.endswith((".yaml", ".yml", ".json")) or os.path.exists(text))
 
 
 def load_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | Network) -> Network:
     """Load and validate a spec from a file path, YAML text, a dict or a ``Network``.
 
-    >>> net = load_spec({"input": [1, 28, 28], "layers": ["flatten", {"type": "Linear", "out_features": 10}]})
+    >>> layers = ["flatten", {"type": "Linear", "out_features": 10}]
+    >>> net = load_spec({"input": [1, 28, 28], "layers": layers})
     >>> [layer.type for layer in net.layers]
     ['flatten', 'linear']
     """
@@ -124,7 +126,9 @@ def load_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | Network) -> Net
         except UnicodeDecodeError:
             raise SpecSyntaxError(Problem("the file is not UTF-8 text", source)) from None
         except OSError as error:
-            raise SpecSyntaxError(Problem(f"cannot read the file: {error.strerror}", source)) from None
+            raise SpecSyntaxError(
+                Problem(f"cannot read the file: {error.strerror}", source)
+            ) from None
     else:
         text, source = spec, "<string>"
     data = parse_yaml(text, source)
@@ -202,7 +206,11 @@ def _locate(data: Any, error: Any, source: str) -> Problem:
             line = getattr(node, "key_lines", {}).get(key, line)
             if node is data and key == "layers":
                 path.append("layers")
-            elif kind in BLOCK_TYPES and isinstance(value, list) and key in ("layers", "shortcut", "branches"):
+            elif (
+                kind in BLOCK_TYPES
+                and isinstance(value, list)
+                and key in ("layers", "shortcut", "branches")
+            ):
                 if kind == "residual":
                     path.append(_CHILD_SEGMENTS["residual"][key])
                 elif kind == "concat":

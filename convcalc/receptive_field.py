@@ -16,13 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Union
 
 from convcalc.formulas import as_number
 
 __all__ = ["Number", "ReceptiveField", "Window"]
 
-Number = Union[int, Fraction]
+Number = int | Fraction
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,9 +153,7 @@ class Report:
             "input_shape": list(self.input_shape),
             "output_shape": list(self.output_shape),
             "dtype": self.dtype,
-            "layers": [
-                row.to_dict() for row in self.rows if depth is None or row.depth <= depth
-            ],
+            "layers": [row.to_dict() for row in self.rows if depth is None or row.depth <= depth],
             "totals": self.totals.to_dict(),
             "warnings": [warning.to_dict() for warning in self.warnings],
         }

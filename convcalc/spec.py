@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
 
 from pydantic import (
     BaseModel,
@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from convcalc.fields import PositiveInt
-from convcalc.layers import LEAF_CLASSES, Leaf, LayerModel
+from convcalc.layers import LEAF_CLASSES, LayerModel, Leaf
 
 __all__ = [
     "BLOCK_TYPES",
@@ -67,7 +67,7 @@ class Residual(Block):
 
     type: Literal["residual"]
     layers: list[LayerSpec] = Field(min_length=1)
-    shortcut: list[LayerSpec] = []
+    shortcut: list[LayerSpec] = Field(default_factory=list)
 
     def children(self) -> list[tuple[str, list[LayerSpec]]]:
         return [("body", self.layers), ("shortcut", self.shortcut)]
@@ -126,7 +126,8 @@ def _normalise_layer(value: Any) -> Any:
     elif isinstance(value, Mapping):
         if "type" not in value:
             raise ValueError(
-                f"a layer needs a 'type' (a torch.nn class name such as conv2d), got {dict(value)!r}"
+                f"a layer needs a 'type' (a torch.nn class name such as conv2d), "
+                f"got {dict(value)!r}"
             )
         mapping = dict(value)
     else:
@@ -161,16 +162,17 @@ def _tag(value: Any) -> str | None:
     return cls.__name__ if cls else None
 
 
-LayerSpec = Annotated[
-    Union[
-        tuple(
-            Annotated[cls, Tag(cls.__name__)]  # type: ignore[valid-type]
-            for cls in (*LEAF_CLASSES, *BLOCK_CLASSES)
-        )
-    ],
-    Discriminator(_tag),
-    BeforeValidator(_normalise_layer),
-]
+if TYPE_CHECKING:
+    LayerSpec: TypeAlias = Leaf | Block
+else:
+    # A discriminated union of every layer and block class, tagged by class name.
+    LayerSpec = Annotated[
+        Union[  # noqa: UP007 - built from a tuple of classes
+            tuple(Annotated[cls, Tag(cls.__name__)] for cls in (*LEAF_CLASSES, *BLOCK_CLASSES))
+        ],
+        Discriminator(_tag),
+        BeforeValidator(_normalise_layer),
+    ]
 
 
 def expanded_size(layers: Any, memo: dict[int, int] | None = None) -> int:

@@ -7,6 +7,7 @@ keyword arguments, plus the sizes the calculator inferred (``in_channels`` …).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from convcalc.errors import ConvCalcError
@@ -18,7 +19,7 @@ __all__ = ["TorchNotInstalledError", "import_torch", "torch_arguments", "torch_l
 _SPEC_ONLY = {"type", "name", "trainable"}
 
 # Arguments the calculator infers from the incoming shape when a spec leaves them out.
-_INFERRED = {
+_INFERRED: dict[str, Callable[[tuple[int, ...]], Any]] = {
     "in_channels": lambda shape: shape[1],
     "num_features": lambda shape: shape[1],
     "num_channels": lambda shape: shape[1],
@@ -67,7 +68,7 @@ def torch_layer(layer: Leaf, input_shape: tuple[int, ...]) -> Any:
         raise ConvCalcError(
             f"torch {torch.__version__} has no torch.nn.{layer.torch_name}; upgrade torch"
         )
-    module = cls(**torch_arguments(layer, input_shape))
+    module = cls(**torch_arguments(layer, input_shape))  # type: ignore[no-untyped-call,unused-ignore]
     if not layer.trainable:
         module.requires_grad_(False)
     return module

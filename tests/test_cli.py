@@ -62,7 +62,18 @@ def test_depth_folds():
 
 
 def test_overrides():
-    result = run("shape", ALEXNET, "--input", "3,227,227", "--batch-size", "8", "--dtype", "float16", "-f", "json")
+    result = run(
+        "shape",
+        ALEXNET,
+        "--input",
+        "3,227,227",
+        "--batch-size",
+        "8",
+        "--dtype",
+        "float16",
+        "-f",
+        "json",
+    )
     data = json.loads(result.stdout)
     assert data["input_shape"] == [8, 3, 227, 227]
     assert data["dtype"] == "float16"
@@ -123,7 +134,10 @@ def test_real_process(entry):
 def test_real_process_error_has_no_traceback(write_spec):
     path = write_spec("input: [3, 8, 8]\nlayers:\n  - {type: conv2d, out_channels: 4}\n")
     done = subprocess.run(
-        [sys.executable, "-m", "convcalc", "shape", str(path)], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "convcalc", "shape", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 1
     assert done.stderr == f"error: {path}:3: layers.0: missing required field 'kernel_size'\n"

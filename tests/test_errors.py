@@ -159,7 +159,8 @@ CASES = {
         HEAD
         + "  - type: sequential\n    name: stage1\n    layers:\n"
         + "      - type: residual\n        layers:\n          - relu\n"
-        + "        shortcut:\n          - {type: conv2d, out_channels: 3, kernel_size: 1, strid: 1}\n",
+        + "        shortcut:\n"
+        + "          - {type: conv2d, out_channels: 3, kernel_size: 1, strid: 1}\n",
         convcalc.SpecValidationError,
         ":11: layers.0.0.shortcut.0: unknown field 'strid'; did you mean 'stride'?",
     ),
@@ -200,9 +201,16 @@ def test_cli_prints_the_message_and_exits_1(case, write_spec):
 
 def test_expansion_is_refused_quickly(write_spec):
     # nine levels of aliases: 10**9 layers if expanded
-    lines = ["input: [3, 8, 8]", "x-0: &l0 [relu, relu, relu, relu, relu, relu, relu, relu, relu, relu]"]
+    lines = [
+        "input: [3, 8, 8]",
+        "x-0: &l0 [relu, relu, relu, relu, relu, relu, relu, relu, relu, relu]",
+    ]
     for level in range(1, 9):
-        lines.append(f"x-{level}: &l{level} [" + ", ".join([f"{{type: sequential, layers: *l{level - 1}}}"] * 10) + "]")
+        lines.append(
+            f"x-{level}: &l{level} ["
+            + ", ".join([f"{{type: sequential, layers: *l{level - 1}}}"] * 10)
+            + "]"
+        )
     lines.append("layers: *l8")
     path = write_spec("\n".join(lines) + "\n")
     start = time.perf_counter()
@@ -231,9 +239,13 @@ def test_check_lists_every_problem(write_spec):
 def test_dict_specs_name_the_source():
     with pytest.raises(convcalc.SpecValidationError) as raised:
         convcalc.analyze({"input": [1, 8, 8], "layers": [{"type": "conv9d"}]})
-    assert str(raised.value) == "<dict>: layers.0: unknown layer type 'conv9d'; did you mean 'conv3d'?"
+    assert (
+        str(raised.value) == "<dict>: layers.0: unknown layer type 'conv9d'; did you mean 'conv3d'?"
+    )
 
 
 def test_overrides_are_validated():
-    with pytest.raises(convcalc.SpecValidationError, match="batch_size: must be a positive integer, got 0"):
+    with pytest.raises(
+        convcalc.SpecValidationError, match="batch_size: must be a positive integer, got 0"
+    ):
         convcalc.analyze({"input": [1, 8, 8], "layers": ["relu"]}, batch_size=0)

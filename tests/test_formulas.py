@@ -73,7 +73,9 @@ def test_pool_output_size(size, kernel, stride, padding, dilation, ceil_mode, ex
         (4, 3, 3, 0, 2, 1, 14),
     ],
 )
-def test_conv_transpose_output_size(size, kernel, stride, padding, output_padding, dilation, expected):
+def test_conv_transpose_output_size(
+    size, kernel, stride, padding, output_padding, dilation, expected
+):
     assert (
         conv_transpose_output_size(size, kernel, stride, padding, output_padding, dilation)
         == expected
@@ -82,7 +84,14 @@ def test_conv_transpose_output_size(size, kernel, stride, padding, output_paddin
 
 @pytest.mark.parametrize(
     ("kernel", "dilation", "expected"),
-    [(3, 1, (1, 1)), (4, 1, (1, 2)), (1, 1, (0, 0)), (3, 2, (2, 2)), (2, 3, (1, 2)), (5, 1, (2, 2))],
+    [
+        (3, 1, (1, 1)),
+        (4, 1, (1, 2)),
+        (1, 1, (0, 0)),
+        (3, 2, (2, 2)),
+        (2, 3, (1, 2)),
+        (5, 1, (2, 2)),
+    ],
 )
 def test_same_padding(kernel, dilation, expected):
     assert same_padding(kernel, dilation) == expected

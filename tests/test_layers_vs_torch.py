@@ -12,38 +12,141 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from convcalc.layers import Leaf
 from convcalc.spec import LAYER_TYPES
 from convcalc.torch_bridge import torch_layer
-from convcalc.layers import Leaf
 
 # (layer as written in a spec, input shape with batch)
 CASES = [
     ({"type": "conv1d", "out_channels": 4, "kernel_size": 3}, (2, 3, 10)),
     ({"type": "conv1d", "out_channels": 4, "kernel_size": 4, "padding": "same"}, (1, 2, 9)),
-    ({"type": "conv2d", "out_channels": 64, "kernel_size": 11, "stride": 4, "padding": 2}, (1, 3, 224, 224)),
-    ({"type": "conv2d", "out_channels": 8, "kernel_size": [3, 1], "stride": [2, 1], "padding": [1, 0]}, (1, 4, 9, 7)),
-    ({"type": "conv2d", "out_channels": 6, "kernel_size": 3, "groups": 3, "bias": False}, (2, 6, 8, 8)),
-    ({"type": "conv2d", "out_channels": 6, "kernel_size": 3, "dilation": 2, "padding": "same"}, (1, 3, 10, 11)),
-    ({"type": "conv2d", "out_channels": 6, "kernel_size": 4, "dilation": 3, "padding": "same"}, (1, 3, 10, 11)),
+    (
+        {"type": "conv2d", "out_channels": 64, "kernel_size": 11, "stride": 4, "padding": 2},
+        (1, 3, 224, 224),
+    ),
+    (
+        {
+            "type": "conv2d",
+            "out_channels": 8,
+            "kernel_size": [3, 1],
+            "stride": [2, 1],
+            "padding": [1, 0],
+        },
+        (1, 4, 9, 7),
+    ),
+    (
+        {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "groups": 3, "bias": False},
+        (2, 6, 8, 8),
+    ),
+    (
+        {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "dilation": 2, "padding": "same"},
+        (1, 3, 10, 11),
+    ),
+    (
+        {"type": "conv2d", "out_channels": 6, "kernel_size": 4, "dilation": 3, "padding": "same"},
+        (1, 3, 10, 11),
+    ),
     ({"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": "valid"}, (1, 1, 5, 5)),
-    ({"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 2, "padding_mode": "reflect"}, (1, 1, 5, 5)),
-    ({"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 5, "padding_mode": "circular"}, (1, 1, 5, 5)),
-    ({"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 7, "padding_mode": "replicate"}, (1, 1, 5, 5)),
-    ({"type": "conv3d", "out_channels": 4, "kernel_size": [3, 3, 1], "stride": 2, "padding": 1}, (1, 2, 7, 8, 9)),
-    ({"type": "convtranspose1d", "out_channels": 3, "kernel_size": 4, "stride": 2, "padding": 1}, (1, 2, 7)),
-    ({"type": "convtranspose2d", "out_channels": 4, "kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1}, (2, 6, 7, 7)),
-    ({"type": "convtranspose2d", "out_channels": 4, "kernel_size": 3, "stride": 1, "dilation": 2, "output_padding": 1, "groups": 2}, (1, 6, 5, 5)),
-    ({"type": "convtranspose3d", "out_channels": 2, "kernel_size": 2, "stride": 2, "bias": False}, (1, 3, 3, 4, 5)),
+    (
+        {
+            "type": "conv2d",
+            "out_channels": 2,
+            "kernel_size": 3,
+            "padding": 2,
+            "padding_mode": "reflect",
+        },
+        (1, 1, 5, 5),
+    ),
+    (
+        {
+            "type": "conv2d",
+            "out_channels": 2,
+            "kernel_size": 3,
+            "padding": 5,
+            "padding_mode": "circular",
+        },
+        (1, 1, 5, 5),
+    ),
+    (
+        {
+            "type": "conv2d",
+            "out_channels": 2,
+            "kernel_size": 3,
+            "padding": 7,
+            "padding_mode": "replicate",
+        },
+        (1, 1, 5, 5),
+    ),
+    (
+        {"type": "conv3d", "out_channels": 4, "kernel_size": [3, 3, 1], "stride": 2, "padding": 1},
+        (1, 2, 7, 8, 9),
+    ),
+    (
+        {"type": "convtranspose1d", "out_channels": 3, "kernel_size": 4, "stride": 2, "padding": 1},
+        (1, 2, 7),
+    ),
+    (
+        {
+            "type": "convtranspose2d",
+            "out_channels": 4,
+            "kernel_size": 3,
+            "stride": 2,
+            "padding": 1,
+            "output_padding": 1,
+        },
+        (2, 6, 7, 7),
+    ),
+    (
+        {
+            "type": "convtranspose2d",
+            "out_channels": 4,
+            "kernel_size": 3,
+            "stride": 1,
+            "dilation": 2,
+            "output_padding": 1,
+            "groups": 2,
+        },
+        (1, 6, 5, 5),
+    ),
+    (
+        {
+            "type": "convtranspose3d",
+            "out_channels": 2,
+            "kernel_size": 2,
+            "stride": 2,
+            "bias": False,
+        },
+        (1, 3, 3, 4, 5),
+    ),
     ({"type": "maxpool1d", "kernel_size": 3, "stride": 2, "padding": 1}, (1, 2, 10)),
     ({"type": "maxpool2d", "kernel_size": 3, "stride": 2}, (1, 64, 55, 55)),
-    ({"type": "maxpool2d", "kernel_size": 2, "stride": 2, "padding": 1, "ceil_mode": True}, (1, 1, 5, 5)),
-    ({"type": "maxpool2d", "kernel_size": 2, "stride": 3, "padding": 1, "ceil_mode": True}, (1, 1, 7, 7)),
-    ({"type": "maxpool2d", "kernel_size": 4, "stride": 4, "padding": 2, "ceil_mode": True}, (1, 1, 9, 9)),
+    (
+        {"type": "maxpool2d", "kernel_size": 2, "stride": 2, "padding": 1, "ceil_mode": True},
+        (1, 1, 5, 5),
+    ),
+    (
+        {"type": "maxpool2d", "kernel_size": 2, "stride": 3, "padding": 1, "ceil_mode": True},
+        (1, 1, 7, 7),
+    ),
+    (
+        {"type": "maxpool2d", "kernel_size": 4, "stride": 4, "padding": 2, "ceil_mode": True},
+        (1, 1, 9, 9),
+    ),
     ({"type": "maxpool2d", "kernel_size": 3, "dilation": 2, "stride": 1}, (1, 1, 10, 10)),
     ({"type": "maxpool3d", "kernel_size": 2}, (1, 2, 4, 5, 6)),
     ({"type": "avgpool1d", "kernel_size": 3, "ceil_mode": True}, (1, 2, 10)),
     ({"type": "avgpool2d", "kernel_size": 2}, (1, 6, 28, 28)),
-    ({"type": "avgpool2d", "kernel_size": 3, "stride": 2, "padding": 1, "count_include_pad": False, "divisor_override": 2}, (1, 2, 9, 9)),
+    (
+        {
+            "type": "avgpool2d",
+            "kernel_size": 3,
+            "stride": 2,
+            "padding": 1,
+            "count_include_pad": False,
+            "divisor_override": 2,
+        },
+        (1, 2, 9, 9),
+    ),
     ({"type": "avgpool3d", "kernel_size": [1, 2, 2], "ceil_mode": True}, (1, 2, 3, 5, 5)),
     ({"type": "adaptiveavgpool1d", "output_size": 4}, (1, 3, 10)),
     ({"type": "adaptiveavgpool2d", "output_size": 6}, (1, 256, 13, 13)),
@@ -89,7 +192,10 @@ CASES = [
     ({"type": "linear", "in_features": 7, "out_features": 4, "bias": False}, (2, 5, 7)),
     ({"type": "identity"}, (1, 3, 4, 4)),
     ({"type": "upsample", "scale_factor": 2}, (1, 3, 7, 7)),
-    ({"type": "upsample", "scale_factor": 1.5, "mode": "bilinear", "align_corners": False}, (1, 3, 5, 7)),
+    (
+        {"type": "upsample", "scale_factor": 1.5, "mode": "bilinear", "align_corners": False},
+        (1, 3, 5, 7),
+    ),
     ({"type": "upsample", "size": [8, 9], "mode": "bicubic"}, (1, 1, 4, 4)),
     ({"type": "upsample", "size": 12, "mode": "linear", "align_corners": True}, (1, 2, 5)),
     ({"type": "upsample", "scale_factor": [1, 2, 0.5], "mode": "trilinear"}, (1, 1, 3, 4, 6)),
@@ -123,7 +229,11 @@ def torch_numbers(module: torch.nn.Module, shape: tuple[int, ...]) -> dict:
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
-@pytest.mark.parametrize(("spec", "shape"), CASES, ids=lambda v: v["type"] if isinstance(v, dict) else "x".join(map(str, v)))
+@pytest.mark.parametrize(
+    ("spec", "shape"),
+    CASES,
+    ids=lambda v: v["type"] if isinstance(v, dict) else "x".join(map(str, v)),
+)
 def test_layer_matches_torch(spec, shape):
     layer = _layer(spec)
     result = layer.infer(shape)
@@ -144,7 +254,9 @@ def test_every_leaf_type_has_a_case():
 
 def test_conv_macs_formula_by_hand():
     # AlexNet conv1: 55·55 outputs × 64 channels × (11·11·3) multiply-accumulates each.
-    layer = _layer({"type": "conv2d", "out_channels": 64, "kernel_size": 11, "stride": 4, "padding": 2})
+    layer = _layer(
+        {"type": "conv2d", "out_channels": 64, "kernel_size": 11, "stride": 4, "padding": 2}
+    )
     result = layer.infer((1, 3, 224, 224))
     assert result.macs == 55 * 55 * 64 * 11 * 11 * 3
     assert result.params == 11 * 11 * 3 * 64 + 64 == 23_296

@@ -61,17 +61,23 @@ def test_residual_takes_the_union_and_warns_when_misaligned():
         "layers": [
             {
                 "type": "residual",
-                "layers": [{"type": "conv1d", "out_channels": 1, "kernel_size": 3, "padding": "same"}],
+                "layers": [
+                    {"type": "conv1d", "out_channels": 1, "kernel_size": 3, "padding": "same"}
+                ],
             },
             {
                 "type": "residual",
-                "layers": [{"type": "conv1d", "out_channels": 1, "kernel_size": 2, "padding": "same"}],
+                "layers": [
+                    {"type": "conv1d", "out_channels": 1, "kernel_size": 2, "padding": "same"}
+                ],
             },
         ],
     }
     report = convcalc.analyze(spec)
     assert report.row("layers.0").receptive_field.to_dict() == {
-        "size": [3], "stride": [1], "padding": [1]
+        "size": [3],
+        "stride": [1],
+        "padding": [1],
     }
     # kernel 2 'same' pads 0 left, 1 right: centre shifted by half a pixel
     assert report.row("layers.1").receptive_field.to_dict()["size"] == [4]

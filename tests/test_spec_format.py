@@ -14,7 +14,8 @@ from .conftest import SPECS_DIR
 
 def test_bare_names_and_case_insensitive_types():
     net = convcalc.load_spec(
-        "input: [3, 8, 8]\nlayers:\n  - ReLU\n  - {type: Conv2d, out_channels: 2, kernel_size: 1}\n  - FLATTEN\n"
+        "input: [3, 8, 8]\nlayers:\n  - ReLU\n"
+        "  - {type: Conv2d, out_channels: 2, kernel_size: 1}\n  - FLATTEN\n"
     )
     assert [layer.type for layer in net.layers] == ["relu", "conv2d", "flatten"]
     assert net.layers[1].line == 4
@@ -35,7 +36,11 @@ layers:
 """
     report = convcalc.analyze(text)
     assert report.row("stem").params == 3 * 3 * 3 * 3
-    assert [row.path for row in report.rows if row.depth == 1] == ["layers.0", "layers.1", "layers.2"]
+    assert [row.path for row in report.rows if row.depth == 1] == [
+        "layers.0",
+        "layers.1",
+        "layers.2",
+    ]
     assert report.row("layers.2.body.0").params == 81
 
 
@@ -80,7 +85,11 @@ def test_repeat_reinfers_channels_per_copy():
         {
             "input": [3, 8, 8],
             "layers": [
-                {"type": "repeat", "times": 3, "layers": [{"type": "conv2d", "out_channels": 16, "kernel_size": 1}]}
+                {
+                    "type": "repeat",
+                    "times": 3,
+                    "layers": [{"type": "conv2d", "out_channels": 16, "kernel_size": 1}],
+                }
             ],
         }
     )
@@ -88,7 +97,10 @@ def test_repeat_reinfers_channels_per_copy():
 
 
 def test_densenet_concat_grows_channels():
-    layer = {"type": "concat", "branches": [[], [{"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}]]}
+    layer = {
+        "type": "concat",
+        "branches": [[], [{"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}]],
+    }
     report = convcalc.analyze({"input": [64, 8, 8], "layers": [layer, layer, layer]})
     assert report.output_shape == (1, 64 + 3 * 32, 8, 8)
 
@@ -98,7 +110,11 @@ def test_trainable_false_freezes_parameters():
         {
             "input": [3, 8, 8],
             "layers": [
-                {"type": "sequential", "trainable": False, "layers": [{"type": "conv2d", "out_channels": 4, "kernel_size": 3}]},
+                {
+                    "type": "sequential",
+                    "trainable": False,
+                    "layers": [{"type": "conv2d", "out_channels": 4, "kernel_size": 3}],
+                },
                 "flatten",
                 {"type": "linear", "out_features": 2},
             ],
@@ -111,15 +127,25 @@ def test_trainable_false_freezes_parameters():
 
 def test_declared_channels_are_checked_and_accepted():
     report = convcalc.analyze(
-        {"input": [3, 8, 8], "layers": [{"type": "conv2d", "in_channels": 3, "out_channels": 4, "kernel_size": 3},
-                                         {"type": "batchnorm2d", "num_features": 4}]}
+        {
+            "input": [3, 8, 8],
+            "layers": [
+                {"type": "conv2d", "in_channels": 3, "out_channels": 4, "kernel_size": 3},
+                {"type": "batchnorm2d", "num_features": 4},
+            ],
+        }
     )
     assert report.totals.params == 3 * 3 * 3 * 4 + 4 + 8
 
 
 def test_dtype_and_batch_size():
     report = convcalc.analyze(
-        {"input": [3, 8, 8], "batch_size": 4, "dtype": "float64", "layers": [{"type": "conv2d", "out_channels": 2, "kernel_size": 1}]}
+        {
+            "input": [3, 8, 8],
+            "batch_size": 4,
+            "dtype": "float64",
+            "layers": [{"type": "conv2d", "out_channels": 2, "kernel_size": 1}],
+        }
     )
     assert report.input_shape == (4, 3, 8, 8)
     assert report.rows[0].output_bytes == 4 * 2 * 8 * 8 * 8
@@ -158,9 +184,20 @@ def test_every_example_spec_is_valid(path):
 def test_public_api():
     assert sorted(convcalc.__all__) == sorted(
         [
-            "ConvCalcError", "LayerRow", "Network", "Problem", "Report", "ShapeError", "SpecError",
-            "SpecSyntaxError", "SpecValidationError", "SpecWarning", "Totals", "__version__",
-            "analyze", "load_spec",
+            "ConvCalcError",
+            "LayerRow",
+            "Network",
+            "Problem",
+            "Report",
+            "ShapeError",
+            "SpecError",
+            "SpecSyntaxError",
+            "SpecValidationError",
+            "SpecWarning",
+            "Totals",
+            "__version__",
+            "analyze",
+            "load_spec",
         ]
     )
     for name in convcalc.__all__:

@@ -111,13 +111,28 @@ def test_json_is_report_to_dict():
     assert data == json.loads(json.dumps(report.to_dict()))
     assert set(data) >= {"name", "input_shape", "layers", "totals", "warnings"}
     assert set(data["totals"]) >= {
-        "params", "trainable_params", "non_trainable_params", "buffers",
-        "macs", "flops", "param_bytes", "activation_bytes",
+        "params",
+        "trainable_params",
+        "non_trainable_params",
+        "buffers",
+        "macs",
+        "flops",
+        "param_bytes",
+        "activation_bytes",
     }
     first = data["layers"][0]
     assert set(first) >= {
-        "path", "name", "type", "depth", "input_shape", "output_shape", "params",
-        "trainable_params", "macs", "output_bytes", "receptive_field",
+        "path",
+        "name",
+        "type",
+        "depth",
+        "input_shape",
+        "output_shape",
+        "params",
+        "trainable_params",
+        "macs",
+        "output_bytes",
+        "receptive_field",
     }
     assert data["totals"]["flops"] == 2 * data["totals"]["macs"]
     conv1 = next(layer for layer in data["layers"] if layer["name"] == "conv1")

@@ -1,0 +1,75 @@
+"""The documentation stays true: its examples load and the README shows real output."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from click.testing import CliRunner
+
+import convcalc
+from convcalc.cli import cli
+
+from .conftest import ROOT
+
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _yaml_blocks(path):
+    text = path.read_text(encoding="utf-8")
+    return re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+
+
+EXAMPLES = [
+    pytest.param(block, id=f"{path.name}-{i}")
+    for path in DOC_FILES
+    for i, block in enumerate(_yaml_blocks(path))
+]
+
+
+@pytest.mark.parametrize("block", EXAMPLES)
+def test_every_yaml_example_analyses(block):
+    assert convcalc.analyze(block).rows
+
+
+def test_readme_example_output_is_real():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"\$ convcalc shape specs/mnist_cnn.yaml\n(.*?)```", readme, flags=re.S)
+    assert match, "the README's example is missing"
+    result = CliRunner().invoke(cli, ["shape", str(ROOT / "specs" / "mnist_cnn.yaml")])
+    assert match.group(1) == result.stdout
+
+
+def test_readme_spec_is_the_shipped_spec():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = _yaml_blocks(ROOT / "README.md")[0]
+    shipped = (ROOT / "specs" / "mnist_cnn.yaml").read_text(encoding="utf-8")
+    assert block.replace("# specs/mnist_cnn.yaml\n", "") in shipped
+    assert "pip install -c constraints.txt -e '.[dev,torch]'" in readme
+
+
+def test_readme_error_example_is_real(write_spec):
+    path = write_spec(
+        "name: bad\ninput: [1, 28, 28]\nlayers:\n"
+        "  - {type: conv2d, name: conv1, out_channels: 8, kernal_size: 3}\n  - relu\n",
+        name="bad.yaml",
+    )
+    result = CliRunner().invoke(cli, ["shape", str(path)])
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = re.search(r"\$ convcalc shape bad.yaml\n(.*?)\n```", readme, flags=re.S).group(1)
+    assert result.stderr.strip() == shown.replace("bad.yaml", str(path))
+
+
+def test_ci_runs_the_readme_commands():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    setup = (
+        re.search(r"## Set up.*?```bash\n(.*?)```", readme, flags=re.S)
+        .group(1)
+        .strip()
+        .splitlines()
+    )
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    commands = [
+        line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))
+    ]
+    assert commands == setup
