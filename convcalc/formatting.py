@@ -8,8 +8,6 @@ import json
 import textwrap
 from fractions import Fraction
 
-from tabulate import tabulate
-
 from convcalc.receptive_field import Number, ReceptiveField
 from convcalc.report import LayerRow, Report
 
@@ -92,6 +90,8 @@ def _label(row: LayerRow, indent: str = "│  ") -> str:
 
 
 def _table(report: Report, rows: list[LayerRow], style: str) -> str:
+    from tabulate import tabulate  # only the table formats need it
+
     body = [
         [
             _label(row),

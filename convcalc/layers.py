@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from convcalc.errors import ShapeError
 from convcalc.fields import (
@@ -44,6 +45,8 @@ from convcalc.formulas import (
 from convcalc.receptive_field import Window
 
 Shape = tuple[int, ...]
+
+LINE_KEY = "__line__"  # where the loader puts a layer's YAML line
 
 SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 LAYOUTS = {0: "[N, C]", 1: "[N, C, L]", 2: "[N, C, H, W]", 3: "[N, C, D, H, W]"}
@@ -98,22 +101,8 @@ class LayerModel(BaseModel):
 
     name: str | None = None
     trainable: Bool = True  # Keras' name; false freezes the layer's parameters
-
-    _line: int | None = PrivateAttr(default=None)
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _remember_line(cls, data: Any, handler: Any) -> Any:
-        model = handler(data)
-        line = getattr(data, "line", None)
-        if line is not None and model._line is None:
-            model._line = line
-        return model
-
-    @property
-    def line(self) -> int | None:
-        """The line of the spec file this layer was written on, when loaded from YAML."""
-        return self._line
+    # The spec line this layer was written on, when loaded from YAML (for messages).
+    line: SkipJsonSchema[int | None] = Field(default=None, alias=LINE_KEY, exclude=True, repr=False)
 
 
 class Leaf(LayerModel):

@@ -267,7 +267,7 @@ def _message(error: Any, field: str | None, layer: Any) -> str:
         known: list[str] = list(Network.model_fields)
         if isinstance(layer, Mapping):
             cls = LAYER_TYPES.get(str(layer.get("type", "")).lower())
-            known = list(cls.model_fields) if cls else []
+            known = [f for f in cls.model_fields if f != "line"] if cls else []
         return f"unknown field {field!r}{suggest(field, known)}"
     if kind == "missing" and field is not None:
         return f"missing required field {field!r}"

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from convcalc.fields import PositiveInt
-from convcalc.layers import LEAF_CLASSES, LayerModel, Leaf
+from convcalc.layers import LEAF_CLASSES, LINE_KEY, LayerModel, Leaf
 
 __all__ = [
     "BLOCK_TYPES",
@@ -142,16 +142,8 @@ def _normalise_layer(value: Any) -> Any:
     mapping["type"] = kind.lower()
     line = getattr(value, "line", None)
     if line is not None:  # keep the YAML line for error messages
-        return _Located(mapping, line)
+        mapping[LINE_KEY] = line
     return mapping
-
-
-class _Located(dict[str, Any]):
-    """A dict that remembers the spec line it came from."""
-
-    def __init__(self, mapping: Mapping[str, Any], line: int) -> None:
-        super().__init__(mapping)
-        self.line = line
 
 
 def _tag(value: Any) -> str | None:

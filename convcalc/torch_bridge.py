@@ -16,7 +16,7 @@ from convcalc.layers import Leaf
 __all__ = ["TorchNotInstalledError", "import_torch", "torch_arguments", "torch_layer"]
 
 # Fields that are convcalc's own, not constructor arguments.
-_SPEC_ONLY = {"type", "name", "trainable"}
+_SPEC_ONLY = {"type", "name", "trainable", "line"}
 
 # Arguments the calculator infers from the incoming shape when a spec leaves them out.
 _INFERRED: dict[str, Callable[[tuple[int, ...]], Any]] = {
