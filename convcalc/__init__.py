@@ -7,6 +7,8 @@
 7850
 """
 
+from typing import Any
+
 from convcalc.analysis import analyze
 from convcalc.errors import (
     ConvCalcError,
@@ -15,12 +17,21 @@ from convcalc.errors import (
     SpecError,
     SpecSyntaxError,
     SpecValidationError,
+    TorchNotInstalledError,
 )
 from convcalc.loader import load_spec
 from convcalc.report import LayerRow, Report, SpecWarning, Totals
 from convcalc.spec import Network
 
 __version__ = "0.1.0"
+
+
+def build_module(spec: Any, **overrides: Any) -> Any:
+    """The spec as a ``torch.nn.Module`` (imports torch; see ``convcalc.torch_bridge``)."""
+    from convcalc.torch_bridge import build_module as build
+
+    return build(spec, **overrides)
+
 
 __all__ = [
     "ConvCalcError",
@@ -33,8 +44,10 @@ __all__ = [
     "SpecSyntaxError",
     "SpecValidationError",
     "SpecWarning",
+    "TorchNotInstalledError",
     "Totals",
     "__version__",
     "analyze",
+    "build_module",
     "load_spec",
 ]

@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a bad spec (one message per problem, never a traceback)
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
 import click
@@ -129,6 +130,51 @@ def check(
         f"[{', '.join(map(str, report.output_shape))}], {report.totals.params:,} params, "
         f"{report.totals.macs:,} MACs"
     )
+
+
+@cli.command()
+@_spec_argument
+@click.option(
+    "--device",
+    type=click.Choice(["meta", "cpu", "cuda"]),
+    default="meta",
+    show_default=True,
+    help="meta allocates no memory; cpu or cuda run a real forward pass.",
+)
+@click.option(
+    "--all",
+    "every_field",
+    is_flag=True,
+    help="Measure the receptive field of every spatial layer, not only the last one.",
+)
+@click.option(
+    "--format",
+    "-f",
+    "output_format",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--input", "input_shape", type=_ShapeParam(), help="Override the input shape.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Override the batch size.")
+def verify(
+    spec: str,
+    device: str,
+    every_field: bool,
+    output_format: str,
+    input_shape: tuple[int, ...] | None,
+    batch_size: int | None,
+) -> None:
+    """Build the spec in PyTorch and check every number against it (exit 1 on a mismatch)."""
+    from convcalc.verify import render_verify, verify
+
+    report = verify(
+        spec, device=device, every_field=every_field, input=input_shape, batch_size=batch_size
+    )
+    click.echo(render_verify(report, output_format), nl=False)
+    if not report.ok:
+        click.echo(f"mismatch: {report.first_difference()}", err=True)
+        sys.exit(1)
 
 
 def main() -> None:

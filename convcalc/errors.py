@@ -4,10 +4,11 @@ Every error the library raises on purpose derives from one base, so a caller
 (and the CLI) can catch exactly that::
 
     ConvCalcError
-    └── SpecError              something is wrong with a spec; str() names file:line, layer path
-        ├── SpecSyntaxError    the file is not readable YAML, is empty, or is not a mapping
-        ├── SpecValidationError  a field has a bad value, is unknown or is missing
-        └── ShapeError         the layers do not fit together (sizes, channels, dimensions)
+    ├── SpecError                something is wrong with a spec; str() names file:line, layer path
+    │   ├── SpecSyntaxError      the file is not readable YAML, is empty, or is not a mapping
+    │   ├── SpecValidationError  a field has a bad value, is unknown or is missing
+    │   └── ShapeError           the layers do not fit together (sizes, channels, dimensions)
+    └── TorchNotInstalledError   a command needs PyTorch and it is not installed
 
 Low-level code (the layer models and formulas) raises plain ``ValueError`` with a
 short message; the loader and the calculator add the context once (file, line,
@@ -25,6 +26,7 @@ __all__ = [
     "SpecError",
     "SpecSyntaxError",
     "SpecValidationError",
+    "TorchNotInstalledError",
 ]
 
 
@@ -76,3 +78,7 @@ class SpecValidationError(SpecError):
 
 class ShapeError(SpecError):
     """The layers do not fit together: sizes, channels or number of dimensions."""
+
+
+class TorchNotInstalledError(ConvCalcError):
+    """A command needs PyTorch and it is not installed."""

@@ -195,8 +195,10 @@ def test_public_api():
             "SpecValidationError",
             "SpecWarning",
             "Totals",
+            "TorchNotInstalledError",
             "__version__",
             "analyze",
+            "build_module",
             "load_spec",
         ]
     )
