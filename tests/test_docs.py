@@ -73,3 +73,10 @@ def test_ci_runs_the_readme_commands():
         line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))
     ]
     assert commands == setup
+
+
+def test_readme_python_runs(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (block,) = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    exec(compile(block, "README.md", "exec"), {})
