@@ -539,6 +539,14 @@ class AvgPool(_Pool):
         return self
 
     def infer(self, input_shape: Shape) -> LayerResult:
+        if self.dims == 3 and len(input_shape) == 5:
+            # ATen's avg_pool3d also refuses an unpadded input smaller than the kernel
+            for name, n, k in zip(SPATIAL_NAMES[3], input_shape[2:], per_dim(self.kernel_size, 3)):
+                if n < k:
+                    raise _fail(
+                        f"avgpool3d: the input size {n} in {name} is smaller than the kernel "
+                        f"size {k} (torch refuses it, whatever the padding)"
+                    )
         return self._pool(input_shape, 1)
 
 
@@ -571,6 +579,8 @@ class AdaptivePool(Leaf):
                 f"output_size: {self.type} takes one value or {self.dims}, "
                 f"got {len(self.output_size)}: {list(self.output_size)}"
             )
+        if self.dims == 1 and isinstance(self.output_size, tuple) and None in self.output_size:
+            raise ValueError(f"output_size: {self.type} takes no null (2d and 3d only)")
         if "avg" in self.type and "return_indices" in self.model_fields_set:
             raise ValueError(f"return_indices: {self.type} has no return_indices")
         _refuse_indices(self.return_indices)
@@ -622,6 +632,11 @@ class BatchNorm(Leaf):
             "num_features", self.num_features, input_shape[1], input_shape
         )
         warnings: tuple[str, ...] = ()
+        if math.prod(input_shape) // channels == 1 and not self.track_running_stats:
+            raise _fail(
+                f"{format_shape(input_shape)} has one value per channel: without running "
+                f"statistics batch norm cannot normalise it (torch refuses it)"
+            )
         if math.prod(input_shape) // channels == 1:
             warnings = (
                 f"{format_shape(input_shape)} has one value per channel: torch refuses to "
@@ -653,6 +668,11 @@ class InstanceNorm(Leaf):
             "num_features", self.num_features, input_shape[1], input_shape
         )
         warnings: tuple[str, ...] = ()
+        if math.prod(input_shape[2:]) == 1 and not self.track_running_stats:
+            raise _fail(
+                f"{format_shape(input_shape)} has one spatial element: without running "
+                f"statistics instance norm cannot normalise it (torch refuses it)"
+            )
         if math.prod(input_shape[2:]) == 1:
             warnings = (
                 f"{format_shape(input_shape)} has one spatial element: torch refuses to train "
@@ -686,6 +706,11 @@ class GroupNorm(Leaf):
         if channels % self.num_groups:
             raise _fail(
                 f"the {channels} channels do not divide into num_groups ({self.num_groups})"
+            )
+        if input_shape[0] * channels // self.num_groups * math.prod(input_shape[2:]) == 1:
+            raise _fail(
+                f"groupnorm needs more than one value per group, but {format_shape(input_shape)} "
+                f"in {self.num_groups} groups has one (torch refuses it)"
             )
         return LayerResult(
             output_shape=input_shape,
@@ -843,9 +868,16 @@ class Dropout(Leaf):
     inplace: Bool = False
 
     def infer(self, input_shape: Shape) -> LayerResult:
-        if self.dims:
-            self._require_rank(input_shape, self.dims + 1, self.dims + 2)
-        return LayerResult(output_shape=input_shape, arguments=f"p={self.p:g}")
+        warnings: tuple[str, ...] = ()
+        if self.dims == 1:
+            self._require_rank(input_shape, 2, 3)
+        elif self.dims and len(input_shape) != self.dims + 2:
+            # torch accepts other ranks with a deprecation warning
+            warnings = (
+                f"{self.type} expects input {LAYOUTS[self.dims]} but gets "
+                f"{format_shape(input_shape)}; torch warns and drops whole channels anyway",
+            )
+        return LayerResult(output_shape=input_shape, arguments=f"p={self.p:g}", warnings=warnings)
 
 
 class Flatten(Leaf):

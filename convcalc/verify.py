@@ -401,7 +401,8 @@ def _measure_once(torch: Any, module: Any, network: Network, path: str) -> Recep
 
     def footprint(unit: list[int]) -> list[tuple[int, int]]:
         x.grad = None
-        output[(0, 0, *unit)].backward(retain_graph=True)
+        # all channels: a concat's channels come from different paths
+        output[(0, slice(None), *unit)].sum().backward(retain_graph=True)
         grad = x.grad[0].abs().sum(dim=0)
         spans = []
         for d in range(dims):

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis profiles: "default" for CI, "thorough" for local runs
+# (HYPOTHESIS_PROFILE=thorough pytest, or pytest --hypothesis-profile=thorough).
+_QUIET = [HealthCheck.too_slow, HealthCheck.filter_too_much]
+settings.register_profile("default", max_examples=400, deadline=None, suppress_health_check=_QUIET)
+settings.register_profile(
+    "thorough", max_examples=10_000, deadline=None, suppress_health_check=_QUIET
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS_DIR = ROOT / "specs"
