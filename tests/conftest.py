@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 # Hypothesis profiles: "default" for CI, "thorough" for local runs
 # (HYPOTHESIS_PROFILE=thorough pytest, or pytest --hypothesis-profile=thorough).
 _QUIET = [HealthCheck.too_slow, HealthCheck.filter_too_much]
-settings.register_profile("default", max_examples=400, deadline=None, suppress_health_check=_QUIET)
+settings.register_profile("default", max_examples=2000, deadline=None, suppress_health_check=_QUIET)
 settings.register_profile(
     "thorough", max_examples=10_000, deadline=None, suppress_health_check=_QUIET
 )

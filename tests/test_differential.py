@@ -275,7 +275,7 @@ def stage(draw):
     }
 
 
-@settings(max_examples=60)
+@settings(max_examples=150)
 @given(st.lists(stage(), min_size=1, max_size=5), st.integers(1, 3))
 def test_random_network_verifies(stages, batch_size):
     from convcalc.verify import verify

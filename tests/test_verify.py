@@ -139,3 +139,18 @@ def test_build_module_names_follow_the_report():
     module = convcalc.build_module(SPECS_DIR / "resnet18.yaml")
     names = {name for name, _ in module.named_modules()}
     assert {row.path for row in report.rows} <= names
+
+
+def test_a_layer_torch_lacks_is_reported_by_layer(monkeypatch, write_spec):
+    import torch
+
+    monkeypatch.delattr(torch.nn, "ZeroPad1d")
+    path = write_spec(
+        "input: [2, 10]\nlayers:\n  - relu\n  - {type: zeropad1d, name: pad, padding: 1}\n"
+    )
+    result = CliRunner().invoke(cli, ["verify", str(path)])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {path}:4: layers.1 (pad): torch {torch.__version__} has no "
+        "torch.nn.ZeroPad1d; upgrade torch\n"
+    )
