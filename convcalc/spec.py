@@ -32,10 +32,12 @@ __all__ = [
     "Block",
     "Concat",
     "LayerSpec",
+    "Leaf",
     "Network",
     "Repeat",
     "Residual",
     "Sequential",
+    "suggest",
 ]
 
 # A spec that would expand to more layer rows than this is refused before any work.
@@ -234,5 +236,3 @@ class Network(BaseModel):
         """The file this spec was loaded from, if any."""
         return self._source
 
-
-__all__ += ["Leaf", "suggest"]
