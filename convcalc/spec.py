@@ -235,4 +235,3 @@ class Network(BaseModel):
     def source(self) -> str | None:
         """The file this spec was loaded from, if any."""
         return self._source
-

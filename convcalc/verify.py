@@ -331,6 +331,7 @@ def measure_receptive_field(
     torch = import_torch()
     candidate = _narrow(network) or network.model_copy()
     spatial = list(candidate.input[1:])
+    previous: tuple[list[int], ReceptiveField] | None = None
     while math.prod(spatial) <= max_pixels:
         try:
             sized = with_overrides(candidate, input=[candidate.input[0], *spatial], batch_size=1)
@@ -339,7 +340,11 @@ def measure_receptive_field(
             return None
         result = _measure_once(torch, build_module(sized), sized, path)
         if result is not None:
-            return spatial, result
+            # Trust a field only when twice the input gives the same one: a window cut
+            # short at some layer's edge (ceil_mode) does not show at the input's border.
+            if previous is not None and previous[1] == result:
+                return previous
+            previous = (spatial, result)
         spatial = [2 * n for n in spatial]
     return None
 
@@ -397,7 +402,7 @@ def _measure_once(torch: Any, module: Any, network: Network, path: str) -> Recep
     output = captured["output"]
     out_spatial = list(output.shape[2:])
     dims = len(out_spatial)
-    middle = [n // 2 for n in out_spatial]
+    middle = [(n - 1) // 2 for n in out_spatial]  # not the last unit: its window may be cut
 
     def footprint(unit: list[int]) -> list[tuple[int, int]]:
         x.grad = None
