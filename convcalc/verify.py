@@ -215,8 +215,10 @@ def verify(
         if row.receptive_field is not None and max(row.output_shape[2:], default=1) > 1
     ]
     field_checks = {}
-    # Without --all: the last spatial layer whose field can be measured.
-    for row in spatial_rows if every_field else reversed(spatial_rows):
+    # Without --all: the last spatial layer whose field can be measured, skipping adaptive
+    # pooling, whose windows change when the input is enlarged for measuring.
+    last_first = [row for row in reversed(spatial_rows) if not row.type.startswith("adaptive")]
+    for row in spatial_rows if every_field else last_first:
         check, note = _field_check(network, report, row)
         if check is not None:
             field_checks[row.path] = check
@@ -323,7 +325,8 @@ def measure_receptive_field(
     middle, and its neighbours along each dimension, are back-propagated, and the
     input pixels with non-zero gradient give the size, the effective stride and the
     effective padding. When the middle unit's field reaches the input's border the
-    input is doubled, up to ``max_pixels``. Returns the input size used and the field,
+    input grows by half, up to ``max_pixels``, and a field is accepted once two input
+    sizes give the same one. Returns the input size used and the field,
     or ``None`` when it could not be measured.
     """
     from convcalc.torch_bridge import build_module, import_torch
@@ -340,12 +343,12 @@ def measure_receptive_field(
             return None
         result = _measure_once(torch, build_module(sized), sized, path)
         if result is not None:
-            # Trust a field only when twice the input gives the same one: a window cut
+            # Trust a field only when a 1.5× input gives the same one: a window cut
             # short at some layer's edge (ceil_mode) does not show at the input's border.
             if previous is not None and previous[1] == result:
                 return previous
             previous = (spatial, result)
-        spatial = [2 * n for n in spatial]
+        spatial = [n + (n + 1) // 2 for n in spatial]
     return None
 
 
