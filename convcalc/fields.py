@@ -15,7 +15,6 @@ __all__ = [
     "Float",
     "FloatOrFloats",
     "Int",
-    "IntOrInts",
     "NonNegativeIntOrInts",
     "OutputSize",
     "Padding",
@@ -157,7 +156,6 @@ SignedIntOrInts = Annotated[
     PlainValidator(_ints(None, "an integer")),
     WithJsonSchema(_ints_schema(None)),
 ]
-IntOrInts = SignedIntOrInts
 FloatOrFloats = Annotated[
     float | tuple[float, ...],
     PlainValidator(_positive_floats),
