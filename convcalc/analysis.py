@@ -157,15 +157,8 @@ class _Analyzer:
         first = branches[0].shape
         for i, branch in enumerate(branches[1:], start=1):
             shape = branch.shape
-            if (
-                len(shape) != len(first)
-                or len(shape) < 2
-                or (shape[0], *shape[2:])
-                != (
-                    first[0],
-                    *first[2:],
-                )
-            ):
+            # every dimension but the channels (dimension 1) must agree
+            if len(shape) < 2 or shape[:1] + shape[2:] != first[:1] + first[2:]:
                 raise self.error(
                     f"concat: branch 0 gives {format_shape(first)} but branch {i} gives "
                     f"{format_shape(shape)}; all dimensions but the channels must agree",

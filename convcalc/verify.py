@@ -338,10 +338,10 @@ def measure_receptive_field(
     while math.prod(spatial) <= max_pixels:
         try:
             sized = with_overrides(candidate, input=[candidate.input[0], *spatial], batch_size=1)
-            analyze(sized)
+            module = build_module(sized)  # analyses the spec: refuses sizes that do not fit
         except ConvCalcError:
             return None
-        result = _measure_once(torch, build_module(sized), sized, path)
+        result = _measure_once(torch, module, sized, path)
         if result is not None:
             # Trust a field only when a 1.5× input gives the same one: a window cut
             # short at some layer's edge (ceil_mode) does not show at the input's border.
