@@ -39,15 +39,21 @@ def run_process(command: list[str]) -> tuple[float, float]:
     return elapsed, usage.ru_maxrss / 1024
 
 
-def measure(label: str, command: list[str], runs: int) -> None:
-    run_process(command)  # warm the file cache and .pyc files
-    results = [run_process(command) for _ in range(runs)]
-    walls = [wall for wall, _ in results]
-    peak = max(rss for _, rss in results)
-    print(
-        f"{label:<48} median {statistics.median(walls):6.3f} s   "
-        f"min {min(walls):6.3f} s   peak {peak:5.1f} MiB"
-    )
+def measure(commands: dict[str, list[str]], runs: int) -> None:
+    """Run the commands round-robin, so that load on a shared machine hits them alike."""
+    for command in commands.values():
+        run_process(command)  # warm the file cache and .pyc files
+    results: dict[str, list[tuple[float, float]]] = {label: [] for label in commands}
+    for _ in range(runs):
+        for label, command in commands.items():
+            results[label].append(run_process(command))
+    for label, figures in results.items():
+        walls = [wall for wall, _ in figures]
+        peak = max(rss for _, rss in figures)
+        print(
+            f"{label:<48} median {statistics.median(walls):6.3f} s   "
+            f"min {min(walls):6.3f} s   peak {peak:5.1f} MiB"
+        )
 
 
 def chain(layers: int) -> dict:
@@ -110,30 +116,27 @@ def main() -> None:
     convcalc_script = shutil.which("convcalc") or str(Path(sys.executable).parent / "convcalc")
     python = sys.executable
     print(f"{runs} runs each, after one warm-up run; {os.cpu_count()} cores\n")
-    measure("python -c pass", [python, "-c", "pass"], runs)
+    alexnet, resnet50 = str(ROOT / "specs/alexnet.yaml"), str(ROOT / "specs/resnet50.yaml")
     measure(
-        "python: import click, pydantic, yaml, tabulate",
-        [
-            python,
-            "-c",
-            "import click, tabulate, yaml; from pydantic import BaseModel\n"
-            "class A(BaseModel):\n    x: int\nA(x=1)",
-        ],
-        runs,
-    )
-    measure(
-        "convcalc shape specs/alexnet.yaml",
-        [convcalc_script, "shape", str(ROOT / "specs/alexnet.yaml")],
-        runs,
-    )
-    measure(
-        "convcalc shape specs/resnet50.yaml",
-        [convcalc_script, "shape", str(ROOT / "specs/resnet50.yaml")],
-        runs,
-    )
-    measure(
-        "convcalc shape specs/alexnet.yaml -f json",
-        [convcalc_script, "shape", str(ROOT / "specs/alexnet.yaml"), "-f", "json"],
+        {
+            "python -c pass": [python, "-c", "pass"],
+            # The floor: the four libraries the core needs, and pydantic's first model.
+            "python: import click, pydantic, yaml, tabulate": [
+                python,
+                "-c",
+                "import click, tabulate, yaml; from pydantic import BaseModel\n"
+                "class A(BaseModel):\n    x: int\nA(x=1)",
+            ],
+            "convcalc shape specs/alexnet.yaml": [convcalc_script, "shape", alexnet],
+            "convcalc shape specs/resnet50.yaml": [convcalc_script, "shape", resnet50],
+            "convcalc shape specs/alexnet.yaml -f json": [
+                convcalc_script,
+                "shape",
+                alexnet,
+                "-f",
+                "json",
+            ],
+        },
         runs,
     )
     deep_specs()

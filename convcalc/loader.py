@@ -219,14 +219,14 @@ def _locate(data: Any, error: Any, source: str) -> Problem:
                     path.append("0")  # the first copy
             else:
                 field = str(key)
-                rest = [str(k) for k in loc[index:] if not _is_tag(k)]
+                rest = [str(k) for k in loc[index:]]
                 if rest:
                     field += "." + ".".join(rest)
                 break
             node = value
             continue
-        # A discriminator tag (the class name) or a key the data does not have.
-        if isinstance(key, str) and not _is_tag(key):
+        # A key the data does not have (a missing field).
+        if isinstance(key, str):
             field = key
             break
     message = _message(error, field, layer)
@@ -250,10 +250,6 @@ def _merge_misspellings(problems: list[Problem]) -> list[Problem]:
             and (p.path, p.message.rsplit(" ", 1)[-1].strip("'")) in suggested
         )
     ]
-
-
-def _is_tag(key: Any) -> bool:
-    return isinstance(key, str) and any(key == cls.__name__ for cls in LAYER_TYPES.values())
 
 
 def _is_layer(node: Any) -> bool:
