@@ -22,20 +22,25 @@ Shape = tuple[int, ...]
 
 @dataclass
 class _Flow:
-    """What leaves a sequence of layers: the tensor's shape and receptive field, and sums."""
+    """What leaves a sequence of layers: the tensor (its shape, receptive field, storage
+    and whether it needs a gradient), and the sums of the layers passed."""
 
     shape: Shape
     field: ReceptiveField | None
+    tensor: int  # which storage holds it (views and in-place layers keep their input's)
+    grad: bool  # autograd tracks it: some layer before it has trainable parameters
     params: int = 0
     trainable_params: int = 0
     buffers: int = 0
     macs: int = 0
+    saved_bytes: int = 0
 
     def add(self, other: _Flow) -> None:
         self.params += other.params
         self.trainable_params += other.trainable_params
         self.buffers += other.buffers
         self.macs += other.macs
+        self.saved_bytes += other.saved_bytes
 
 
 class _Analyzer:
@@ -50,18 +55,36 @@ class _Analyzer:
         self.largest: tuple[int, str | None] = (0, None)
         self.field_warned = False
         self.in_shortcut = 0  # > 0 while walking a residual's shortcut
+        self.storage_bytes: list[int] = []  # per tensor storage
+        self.saved: set[int] = set()  # storages autograd keeps for backward
 
     # -- walking -----------------------------------------------------------------------
 
     def sequence(
         self, layers: Sequence[LayerSpec], flow: _Flow, prefix: str, depth: int, trainable: bool
     ) -> _Flow:
-        out = _Flow(flow.shape, flow.field)
+        out = _Flow(flow.shape, flow.field, flow.tensor, flow.grad)
         for index, layer in enumerate(layers):
             step = self.layer(layer, out, f"{prefix}.{index}", depth, trainable)
-            out.shape, out.field = step.shape, step.field
+            out.shape, out.field, out.tensor, out.grad = (
+                step.shape,
+                step.field,
+                step.tensor,
+                step.grad,
+            )
             out.add(step)
         return out
+
+    def new_tensor(self, shape: Shape) -> int:
+        self.storage_bytes.append(math.prod(shape) * self.itemsize)
+        return len(self.storage_bytes) - 1
+
+    def save(self, tensor: int) -> int:
+        """Bytes newly kept for backward when a layer saves this storage."""
+        if tensor in self.saved:
+            return 0
+        self.saved.add(tensor)
+        return self.storage_bytes[tensor]
 
     def layer(self, layer: LayerSpec, flow: _Flow, path: str, depth: int, trainable: bool) -> _Flow:
         trainable = trainable and layer.trainable
@@ -85,13 +108,26 @@ class _Analyzer:
                 field = field.through(result.windows) if result.windows else field
             elif result.windows is SpatialMap.DENSE or len(result.output_shape) != len(flow.shape):
                 field = None
+        saved = layer.saved(flow.shape, result.output_shape, self.itemsize)
+        tensor = flow.tensor if saved.shares_input else self.new_tensor(result.output_shape)
+        param_grad = trainable and result.params > 0
+        saved_bytes = 0
+        if param_grad or (flow.grad and not saved.weight_grad_only):
+            if saved.tensor is not None:
+                saved_bytes += self.save(flow.tensor if saved.tensor == "input" else tensor)
+            saved_bytes += saved.extra_bytes
+        if flow.grad and saved.input_for_its_gradient:
+            saved_bytes += self.save(flow.tensor)
         out = _Flow(
             result.output_shape,
             field,
+            tensor,
+            flow.grad or param_grad,
             params=result.params,
             trainable_params=result.params if trainable else 0,
             buffers=result.buffers,
             macs=result.macs,
+            saved_bytes=saved_bytes,
         )
         self.rows.append(
             self.make_row(layer, path, depth, flow.shape, out, result.arguments, True, False)
@@ -109,7 +145,7 @@ class _Analyzer:
         if isinstance(block, Repeat):
             if len(block.layers) == 1:
                 return self.sequence(block.layers * block.times, flow, path, depth + 1, trainable)
-            out = _Flow(flow.shape, flow.field)
+            out = _Flow(flow.shape, flow.field, flow.tensor, flow.grad)
             for copy in range(block.times):
                 copy_path = f"{path}.{copy}"
                 slot = len(self.rows)
@@ -118,7 +154,12 @@ class _Analyzer:
                 self.rows[slot] = self.make_row(
                     block, copy_path, depth + 1, out.shape, step, "", False, True, kind="sequential"
                 )
-                out.shape, out.field = step.shape, step.field
+                out.shape, out.field, out.tensor, out.grad = (
+                    step.shape,
+                    step.field,
+                    step.tensor,
+                    step.grad,
+                )
                 out.add(step)
             return out
         if isinstance(block, Residual):
@@ -144,7 +185,12 @@ class _Analyzer:
                 block,
                 path,
             )
-        out = _Flow(body.shape, self.merge_fields(block, path, [body, shortcut]))
+        out = _Flow(
+            body.shape,
+            self.merge_fields(block, path, [body, shortcut]),
+            self.new_tensor(body.shape),  # the sum; backward of + needs no tensor
+            body.grad or shortcut.grad,
+        )
         out.add(body)
         out.add(shortcut)
         return out
@@ -166,7 +212,12 @@ class _Analyzer:
                     path,
                 )
         shape = (first[0], sum(b.shape[1] for b in branches), *first[2:])
-        out = _Flow(shape, self.merge_fields(block, path, branches))
+        out = _Flow(
+            shape,
+            self.merge_fields(block, path, branches),
+            self.new_tensor(shape),  # backward of cat needs only the sizes
+            any(branch.grad for branch in branches),
+        )
         for branch in branches:
             out.add(branch)
         return out
@@ -226,6 +277,7 @@ class _Analyzer:
             trainable_params=flow.trainable_params,
             buffers=flow.buffers,
             macs=flow.macs,
+            saved_bytes=flow.saved_bytes,
             output_bytes=output_bytes,
             receptive_field=flow.field,
             arguments=arguments,
@@ -260,7 +312,8 @@ class _Analyzer:
         input_shape = (network.batch_size, *network.input)
         spatial = len(network.input) - 1
         field = ReceptiveField.of_input(spatial) if spatial else None
-        out = self.sequence(network.layers, _Flow(input_shape, field), "layers", 1, True)
+        start = _Flow(input_shape, field, self.new_tensor(input_shape), grad=False)
+        out = self.sequence(network.layers, start, "layers", 1, True)
         rows = tuple(row for row in self.rows if row is not None)
         totals = Totals(
             params=out.params,
@@ -272,6 +325,7 @@ class _Analyzer:
             input_bytes=math.prod(input_shape) * self.itemsize,
             largest_activation_bytes=self.largest[0],
             largest_activation_path=self.largest[1],
+            saved_bytes=out.saved_bytes,
         )
         return Report(
             name=network.name,

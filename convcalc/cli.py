@@ -16,7 +16,7 @@ import click
 from convcalc import __version__
 from convcalc.analysis import analyze
 from convcalc.errors import ConvCalcError
-from convcalc.report import DTYPE_BYTES
+from convcalc.report import DTYPE_BYTES, OPTIMIZER_STATES
 
 __all__ = ["cli", "main"]
 
@@ -99,18 +99,25 @@ def cli() -> None:
     type=click.IntRange(min=1),
     help="Show layers down to this nesting depth (1 = top level); blocks keep their sums.",
 )
+@click.option(
+    "--optimizer",
+    type=click.Choice(list(OPTIMIZER_STATES)),
+    help="Also estimate the memory of a training step with this optimizer (sgd = with "
+    "momentum): weights, gradients, optimizer state and activations saved for backward.",
+)
 @_override_options
 def shape(
     spec: str,
     output_format: str,
     depth: int | None,
+    optimizer: str | None,
     input_shape: tuple[int, ...] | None,
     batch_size: int | None,
     dtype: str | None,
 ) -> None:
     """Print every layer's output shape, params, MACs and receptive field, and totals."""
     report = analyze(spec, input=input_shape, batch_size=batch_size, dtype=dtype)
-    click.echo(report.render(output_format, depth), nl=False)
+    click.echo(report.render(output_format, depth, optimizer), nl=False)
 
 
 @cli.command()

@@ -9,7 +9,7 @@ import textwrap
 from fractions import Fraction
 
 from convcalc.receptive_field import Number, ReceptiveField
-from convcalc.report import LayerRow, Report
+from convcalc.report import LayerRow, Report, TrainingMemory
 
 __all__ = ["FORMATS", "MACS_NOTE", "render"]
 
@@ -24,16 +24,26 @@ _HEADERS = ["Layer", "Type", "Output shape", "Arguments", "Params", "MACs", "Rec
 _TABLE_STYLES = {"table": "simple", "markdown": "pipe", "github": "github"}
 
 
-def render(report: Report, format: str = "table", depth: int | None = None) -> str:
-    """``report`` as ``table``, ``markdown``, ``github``, ``csv`` or ``json`` text."""
+def render(
+    report: Report,
+    format: str = "table",
+    depth: int | None = None,
+    optimizer: str | None = None,
+) -> str:
+    """``report`` as ``table``, ``markdown``, ``github``, ``csv`` or ``json`` text;
+    with ``optimizer``, the training-memory estimate for it too (not in CSV)."""
+    memory = None if optimizer is None else report.training_memory(optimizer)
     if format == "json":
-        return json.dumps(report.to_dict(depth=depth), indent=2) + "\n"
+        data = report.to_dict(depth=depth)
+        if memory is not None:
+            data["training_memory"] = memory.to_dict()
+        return json.dumps(data, indent=2) + "\n"
     rows = visible_rows(report, depth)
     if format == "csv":
         return _csv(rows)
     if format not in _TABLE_STYLES:
         raise ValueError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
-    return _table(report, rows, _TABLE_STYLES[format])
+    return _table(report, rows, _TABLE_STYLES[format], memory)
 
 
 def visible_rows(report: Report, depth: int | None) -> list[LayerRow]:
@@ -89,7 +99,23 @@ def _label(row: LayerRow, indent: str = "│  ") -> str:
     return f"{prefix}{row.path}{name}"
 
 
-def _table(report: Report, rows: list[LayerRow], style: str) -> str:
+def training_memory_lines(memory: TrainingMemory) -> list[tuple[str, str]]:
+    """(label, value) lines of the training-memory estimate."""
+    return [
+        (
+            f"Training memory ({memory.optimizer})",
+            f"{_megabytes(memory.total)} at batch {memory.batch_size}",
+        ),
+        (
+            "  made of",
+            f"weights {_megabytes(memory.weights)}, gradients {_megabytes(memory.gradients)}, "
+            f"optimizer state {_megabytes(memory.optimizer_state)}, activations saved for "
+            f"backward {_megabytes(memory.activations)}",
+        ),
+    ]
+
+
+def _table(report: Report, rows: list[LayerRow], style: str, memory: TrainingMemory | None) -> str:
     from tabulate import tabulate  # only the table formats need it
 
     body = [
@@ -127,6 +153,8 @@ def _table(report: Report, rows: list[LayerRow], style: str) -> str:
         ("Activations size", _megabytes(totals.activation_bytes) + largest),
         ("Output shape", shape_text(report.output_shape)),
     ]
+    if memory is not None:
+        summary += training_memory_lines(memory)
     title = f"{report.name}: input {shape_text(report.input_shape)}, {report.dtype}"
     if style == "simple":
         width = max(len(line) for line in table.splitlines())
@@ -165,6 +193,7 @@ _CSV_COLUMNS = [
     "buffers",
     "macs",
     "output_bytes",
+    "saved_bytes",
     "rf_size",
     "rf_stride",
     "rf_padding",
@@ -197,6 +226,7 @@ def _csv(rows: list[LayerRow]) -> str:
                 row.buffers,
                 row.macs,
                 row.output_bytes,
+                row.saved_bytes,
                 *rf,
             ]
         )

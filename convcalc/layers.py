@@ -76,6 +76,30 @@ class LayerResult:
     coverage_warnings: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What autograd keeps of one layer for the backward pass (training mode, on CPU).
+
+    Measured with ``torch.autograd.graph.saved_tensors_hooks``; the tests hold every
+    family to it. Parameters, which autograd also saves, are not activations.
+    """
+
+    tensor: Literal["input", "output"] | None = "input"
+    extra_bytes: int = 0  # tensors made only to be saved: pooling indices, masks, statistics
+    shares_input: bool = False  # the output is the input's storage (views, in-place layers)
+    input_for_its_gradient: bool = False  # the input too, when the input needs a gradient
+    weight_grad_only: bool = False  # saved only when the layer's own parameters train
+
+
+NOTHING_SAVED = Saved(None)
+SAME_STORAGE = Saved(None, shares_input=True)
+
+
+def _stat_bytes(itemsize: int) -> int:
+    """Normalisation statistics are kept in at least float32."""
+    return max(itemsize, 4)
+
+
 def format_shape(shape: Shape) -> str:
     """``[1, 64, 55, 55]``."""
     return "[" + ", ".join(str(d) for d in shape) + "]"
@@ -124,6 +148,10 @@ class Leaf(LayerModel):
 
     def infer(self, input_shape: Shape) -> LayerResult:
         raise NotImplementedError
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        """What backward needs from this layer (by default: its input)."""
+        return Saved("input")
 
     # -- helpers shared by the families ---------------------------------------------------
 
@@ -335,6 +363,19 @@ class Conv(Leaf):
             coverage_warnings=_window_warnings(spatial, kernel, stride, left, dilation, output),
         )
 
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        pads = self.paddings()
+        reflects = self.padding_mode in ("reflect", "replicate")  # their backward reads it
+        if self.padding_mode != "zeros":  # torch pads a copy of the input first
+            grown = [pl + pr for pl, pr in pads]
+        elif any(pl != pr for pl, pr in pads):  # 'same' with an even kernel: the extra pixel
+            grown = [pr - pl for pl, pr in pads]
+        else:
+            return Saved("input")
+        batch, channels, *spatial = input_shape
+        padded = batch * channels * math.prod(n + g for n, g in zip(spatial, grown))
+        return Saved(None, padded * itemsize, input_for_its_gradient=reflects)
+
 
 class ConvTranspose(Leaf):
     """``nn.ConvTranspose1d``/``2d``/``3d``."""
@@ -522,6 +563,9 @@ class MaxPool(_Pool):
     def infer(self, input_shape: Shape) -> LayerResult:
         return self._pool(input_shape, self.dilation)
 
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return Saved("input", 8 * math.prod(output_shape))  # and int64 indices
+
 
 class AvgPool(_Pool):
     """``nn.AvgPool1d``/``2d``/``3d``."""
@@ -609,6 +653,13 @@ class AdaptivePool(Leaf):
             arguments=f"out={'×'.join(map(str, output))}",
         )
 
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        if "max" in self.type:
+            return Saved("input", 8 * math.prod(output_shape))  # and int64 indices
+        if all(n == 1 for n in output_shape[2:]):
+            return NOTHING_SAVED  # torch takes the mean, whose backward needs no tensor
+        return Saved("input")
+
 
 # ---------------------------------------------------------------------------------------
 # Normalisation
@@ -650,6 +701,9 @@ class BatchNorm(Leaf):
             warnings=warnings,
         )
 
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return Saved("input", 2 * input_shape[1] * _stat_bytes(itemsize))  # mean, 1/std
+
 
 class InstanceNorm(Leaf):
     """``nn.InstanceNorm1d``/``2d``/``3d`` (no parameters unless affine)."""
@@ -686,6 +740,14 @@ class InstanceNorm(Leaf):
             warnings=warnings,
         )
 
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        # torch runs batch norm over [1, N·C, ...]: its mean and 1/std, and the
+        # weight (and running statistics) repeated N times
+        per_instance = 2 * _stat_bytes(itemsize) + itemsize * (
+            self.affine + 2 * self.track_running_stats
+        )
+        return Saved("input", input_shape[0] * input_shape[1] * per_instance)
+
 
 class GroupNorm(Leaf):
     """``nn.GroupNorm``: C must divide into ``num_groups``."""
@@ -717,6 +779,9 @@ class GroupNorm(Leaf):
             params=2 * channels if self.affine else 0,
             arguments=f"groups={self.num_groups}",
         )
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return Saved("input", 2 * input_shape[0] * self.num_groups * _stat_bytes(itemsize))
 
 
 class LayerNorm(Leaf):
@@ -751,6 +816,10 @@ class LayerNorm(Leaf):
             output_shape=input_shape, params=params, arguments=f"over {list(normalized)}"
         )
 
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        outer = math.prod(input_shape[: len(input_shape) - len(self.normalized(input_shape))])
+        return Saved("input", 2 * outer * _stat_bytes(itemsize))
+
 
 class LocalResponseNorm(Leaf):
     """``nn.LocalResponseNorm`` across channels (AlexNet's LRN)."""
@@ -770,6 +839,13 @@ class LocalResponseNorm(Leaf):
             )
         return LayerResult(output_shape=input_shape, arguments=f"size={self.size}")
 
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        # torch composes it: x², padded across channels for an average pool, then a
+        # power and a division that each keep a tensor of the input's size
+        batch, channels, *spatial = input_shape
+        padded = batch * (channels + self.size - 1) * math.prod(spatial)
+        return Saved("input", (padded + 2 * math.prod(input_shape)) * itemsize)
+
 
 # ---------------------------------------------------------------------------------------
 # Element-wise layers
@@ -785,6 +861,13 @@ class Activation(Leaf):
     def infer(self, input_shape: Shape) -> LayerResult:
         return LayerResult(output_shape=input_shape)
 
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        if self.type == "relu":  # backward reads the result
+            return Saved("output", shares_input=self.inplace)
+        if self.inplace:  # autograd keeps a copy of the input it overwrites
+            return Saved(None, math.prod(input_shape) * itemsize, shares_input=True)
+        return Saved("input")
+
 
 class Elementwise(Leaf):
     """Parameter-free layers without arguments."""
@@ -794,6 +877,9 @@ class Elementwise(Leaf):
 
     def infer(self, input_shape: Shape) -> LayerResult:
         return LayerResult(output_shape=input_shape)
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return SAME_STORAGE if self.type == "identity" else Saved("output")
 
 
 class LeakyReLU(Leaf):
@@ -805,6 +891,9 @@ class LeakyReLU(Leaf):
     def infer(self, input_shape: Shape) -> LayerResult:
         return LayerResult(output_shape=input_shape, arguments=f"slope={self.negative_slope:g}")
 
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return Saved("output", shares_input=True) if self.inplace else Saved("input")
+
 
 class ELU(Leaf):
     torch_names: ClassVar[tuple[str, ...]] = ("ELU",)
@@ -814,6 +903,9 @@ class ELU(Leaf):
 
     def infer(self, input_shape: Shape) -> LayerResult:
         return LayerResult(output_shape=input_shape, arguments=f"alpha={self.alpha:g}")
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return Saved("output", shares_input=True) if self.inplace else Saved("input")
 
 
 class GELU(Leaf):
@@ -858,6 +950,9 @@ class Softmax(Leaf):
             warnings=warnings,
         )
 
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return Saved("output")
+
 
 class Dropout(Leaf):
     """``nn.Dropout`` and the channel-wise ``Dropout1d``/``2d``/``3d``."""
@@ -878,6 +973,15 @@ class Dropout(Leaf):
                 f"{format_shape(input_shape)}; torch warns and drops whole channels anyway",
             )
         return LayerResult(output_shape=input_shape, arguments=f"p={self.p:g}", warnings=warnings)
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        # On CPU the output is input × a noise tensor of the input's dtype, which backward
+        # keeps: one value per element, or per channel for Dropout1d/2d/3d.
+        if self.p == 0:
+            return SAME_STORAGE
+        per_element = math.prod(input_shape[:2] if self.dims else input_shape)
+        noise = 1 if self.p == 1 else per_element  # p = 1 multiplies by a zero scalar
+        return Saved(None, noise * itemsize, shares_input=self.inplace)
 
 
 class Flatten(Leaf):
@@ -908,6 +1012,9 @@ class Flatten(Leaf):
             output_shape=output,
             windows=SpatialMap.POINTWISE if start == end else SpatialMap.DENSE,
         )
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return SAME_STORAGE  # a view
 
 
 class Linear(Leaf):
@@ -941,6 +1048,10 @@ class Linear(Leaf):
             windows=SpatialMap.DENSE,
             arguments=f"{features}→{self.out_features}" + ("" if self.bias else " bias=False"),
         )
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        # the input is needed only for the weight's gradient
+        return Saved("input", weight_grad_only=True)
 
 
 class Upsample(Leaf):
@@ -1020,6 +1131,11 @@ class Upsample(Leaf):
             arguments=arguments,
         )
 
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        if self.mode == "area" and any(n != 1 for n in output_shape[2:]):
+            return Saved("input")  # adaptive average pooling
+        return NOTHING_SAVED  # backward needs only the sizes
+
     def _window(self, scale: Fraction) -> Window:
         """Nearest reads input ⌊o/scale⌋; linear modes read the 2 pixels around
         (o + ½)/scale − ½, bicubic the 4 around it (borders, where torch clamps, aside)."""
@@ -1071,6 +1187,9 @@ class ZeroPad(Leaf):
             windows=tuple(Window(1, 1, a) for a, _ in pads),
             arguments=f"p={list(per_dim(self.padding, 2 * self.dims))}",
         )
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return NOTHING_SAVED
 
 
 LEAF_CLASSES: tuple[type[Leaf], ...] = (

@@ -7,9 +7,21 @@ from typing import Any
 
 from convcalc.receptive_field import ReceptiveField
 
-__all__ = ["DTYPE_BYTES", "LayerRow", "Report", "SpecWarning", "Totals"]
+__all__ = [
+    "DTYPE_BYTES",
+    "OPTIMIZER_STATES",
+    "LayerRow",
+    "Report",
+    "SpecWarning",
+    "Totals",
+    "TrainingMemory",
+]
 
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+# Tensors of the parameters' size an optimizer keeps: SGD its momentum buffer, Adam and
+# AdamW the first and second moments.
+OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}
 
 Shape = tuple[int, ...]
 
@@ -30,6 +42,7 @@ class LayerRow:
     macs: int
     output_bytes: int
     receptive_field: ReceptiveField | None
+    saved_bytes: int = 0  # activations autograd keeps for backward, first kept here
     arguments: str = ""
     is_block: bool = False
     line: int | None = None
@@ -51,6 +64,7 @@ class LayerRow:
             "buffers": self.buffers,
             "macs": self.macs,
             "output_bytes": self.output_bytes,
+            "saved_bytes": self.saved_bytes,
             "receptive_field": None
             if self.receptive_field is None
             else self.receptive_field.to_dict(),
@@ -72,6 +86,7 @@ class Totals:
     input_bytes: int
     largest_activation_bytes: int
     largest_activation_path: str | None
+    saved_bytes: int = 0
 
     @property
     def non_trainable_params(self) -> int:
@@ -95,6 +110,40 @@ class Totals:
             "input_bytes": self.input_bytes,
             "largest_activation_bytes": self.largest_activation_bytes,
             "largest_activation_path": self.largest_activation_path,
+            "saved_bytes": self.saved_bytes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingMemory:
+    """Bytes one training step holds at its peak, estimated from the spec.
+
+    weights (parameters and buffers) + gradients (trainable parameters) + optimizer
+    state + the activations autograd saves for backward. Transient buffers (the
+    gradients flowing back through the activations, convolution workspaces) and the
+    framework's own memory are not counted.
+    """
+
+    optimizer: str
+    batch_size: int
+    weights: int
+    gradients: int
+    optimizer_state: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer_state + self.activations
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer,
+            "batch_size": self.batch_size,
+            "weights_bytes": self.weights,
+            "gradients_bytes": self.gradients,
+            "optimizer_state_bytes": self.optimizer_state,
+            "activations_bytes": self.activations,
+            "total_bytes": self.total,
         }
 
 
@@ -132,6 +181,25 @@ class Report:
         """The network's output shape (with batch)."""
         return self.top_level_output().output_shape
 
+    def training_memory(self, optimizer: str = "sgd") -> TrainingMemory:
+        """The memory a training step needs with this optimizer (sgd with momentum,
+        adam or adamw), at this report's batch size and dtype."""
+        if optimizer not in OPTIMIZER_STATES:
+            raise ValueError(
+                f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZER_STATES)}"
+            )
+        itemsize = DTYPE_BYTES[self.dtype]
+        totals = self.totals
+        trainable = totals.trainable_params * itemsize
+        return TrainingMemory(
+            optimizer=optimizer,
+            batch_size=self.input_shape[0],
+            weights=(totals.params + totals.buffers) * itemsize,
+            gradients=trainable,
+            optimizer_state=OPTIMIZER_STATES[optimizer] * trainable,
+            activations=totals.saved_bytes,
+        )
+
     def row(self, path_or_name: str) -> LayerRow:
         """The row with this path, or else the first with this name."""
         for row in self.rows:
@@ -158,11 +226,14 @@ class Report:
             "warnings": [warning.to_dict() for warning in self.warnings],
         }
 
-    def render(self, format: str = "table", depth: int | None = None) -> str:
-        """The report as text: table, markdown, github, csv or json."""
+    def render(
+        self, format: str = "table", depth: int | None = None, optimizer: str | None = None
+    ) -> str:
+        """The report as text: table, markdown, github, csv or json; with ``optimizer``
+        (sgd, adam, adamw) the training-memory estimate too."""
         from convcalc.formatting import render
 
-        return render(self, format, depth)
+        return render(self, format, depth, optimizer)
 
     def __str__(self) -> str:
         return self.render()

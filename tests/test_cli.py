@@ -55,6 +55,28 @@ def test_markdown_formats(output_format, marker):
     assert "| Total params" in result.stdout
 
 
+def test_shape_estimates_training_memory_for_an_optimizer():
+    mnist = str(SPECS_DIR / "mnist_cnn.yaml")
+    result = run("shape", mnist, "--optimizer", "adam", "--batch-size", "64", "-f", "json")
+    assert result.exit_code == 0
+    memory = json.loads(result.stdout)["training_memory"]
+    params = 50_186 * 4
+    saved = convcalc.analyze(mnist, batch_size=64).totals.saved_bytes  # held to torch elsewhere
+    assert memory == {
+        "optimizer": "adam",
+        "batch_size": 64,
+        "weights_bytes": params,
+        "gradients_bytes": params,
+        "optimizer_state_bytes": 2 * params,
+        "activations_bytes": saved,
+        "total_bytes": 4 * params + saved,
+    }
+    table = run("shape", mnist, "--optimizer", "sgd", "--batch-size", "64").stdout
+    assert f"Training memory (sgd): {(3 * params + saved) / 1e6:,.2f} MB at batch 64" in table
+    assert "optimizer state 0.20 MB" in table
+    assert "training_memory" not in run("shape", mnist, "-f", "json").stdout
+
+
 def test_depth_folds():
     result = run("shape", ALEXNET, "--depth", "1", "-f", "json")
     layers = json.loads(result.stdout)["layers"]
