@@ -185,6 +185,90 @@ def verify(
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option(
+    "--data",
+    help="digits (scikit-learn's bundled 8×8 digits), PATH.npz (arrays x and y) or "
+    "mnist:DIR (MNIST idx files).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs to train [default: 10].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Samples per step [default: 64].")
+@click.option("--lr", type=float, help="Learning rate [default: 0.05 for sgd, 0.001 for adam(w)].")
+@click.option(
+    "--optimizer",
+    type=click.Choice(list(OPTIMIZER_STATES)),
+    help="sgd (momentum 0.9), adam or adamw [default: adam].",
+)
+@click.option(
+    "--seed", type=int, help="Seed for the weights and the order of samples [default: 0]."
+)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="[default: cpu]")
+@click.option(
+    "--validation",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Fraction of the samples held out, the same split every run [default: 0.2].",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Run directory [default: runs/<spec name>-<timestamp>].",
+)
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False),
+    help="Continue the run in this directory from its last finished epoch.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show a progress bar per epoch [default: when stderr is a terminal].",
+)
+def train(
+    spec: str,
+    data: str | None,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    optimizer: str | None,
+    seed: int | None,
+    device: str | None,
+    validation: float | None,
+    out: str | None,
+    resume: str | None,
+    progress: bool | None,
+) -> None:
+    """Train the spec in PyTorch on real data; compare speed and memory with the estimates."""
+    from convcalc.training import Interrupted, train
+
+    try:
+        train(
+            spec,
+            data,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            seed=seed,
+            device=device,
+            validation=validation,
+            out=out,
+            resume=resume,
+            progress=progress,
+            echo=click.echo,
+        )
+    except Interrupted as stop:
+        if stop.epochs_done:
+            saved = f"epochs 1–{stop.epochs_done} are saved in {stop.out}"
+            click.echo(
+                f"interrupted: {saved}; continue with: convcalc train {spec} --resume {stop.out}",
+                err=True,
+            )
+        else:
+            click.echo("interrupted before the first epoch finished; nothing written", err=True)
+        sys.exit(130)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

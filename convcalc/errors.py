@@ -8,6 +8,8 @@ Every error the library raises on purpose derives from one base, so a caller
     │   ├── SpecSyntaxError      the file is not readable YAML, is empty, or is not a mapping
     │   ├── SpecValidationError  a field has a bad value, is unknown or is missing
     │   └── ShapeError           the layers do not fit together (sizes, channels, dimensions)
+    ├── DataError                training data that is missing, unreadable or does not fit
+    ├── TrainingError            training cannot start or go on (NaN loss, no CUDA, resume)
     └── TorchNotInstalledError   a command needs PyTorch and it is not installed
 
 Low-level code (the layer models and formulas) raises plain ``ValueError`` with a
@@ -21,12 +23,14 @@ from dataclasses import dataclass
 
 __all__ = [
     "ConvCalcError",
+    "DataError",
     "Problem",
     "ShapeError",
     "SpecError",
     "SpecSyntaxError",
     "SpecValidationError",
     "TorchNotInstalledError",
+    "TrainingError",
 ]
 
 
@@ -78,6 +82,16 @@ class SpecValidationError(SpecError):
 
 class ShapeError(SpecError):
     """The layers do not fit together: sizes, channels or number of dimensions."""
+
+
+class DataError(ConvCalcError):
+    """Training data that is missing, unreadable, or does not fit the spec. The message
+    names the file (or source) and the bad value."""
+
+
+class TrainingError(ConvCalcError):
+    """Training cannot start or cannot go on: a NaN loss, no CUDA, a run that cannot
+    be resumed."""
 
 
 class TorchNotInstalledError(ConvCalcError):

@@ -45,7 +45,7 @@ def test_readme_spec_is_the_shipped_spec():
     block = _yaml_blocks(ROOT / "README.md")[0]
     shipped = (ROOT / "specs" / "mnist_cnn.yaml").read_text(encoding="utf-8")
     assert block.replace("# specs/mnist_cnn.yaml\n", "") in shipped
-    assert "pip install -c constraints.txt -e '.[dev,torch]'" in readme
+    assert "pip install -c constraints.txt -e '.[dev,train]'" in readme
 
 
 def test_readme_error_example_is_real(write_spec):
@@ -80,3 +80,32 @@ def test_readme_python_runs(monkeypatch):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     (block,) = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     exec(compile(block, "README.md", "exec"), {})
+
+
+def test_readme_training_example_is_real(tmp_path):
+    """The README's `convcalc train` run, rerun: same lines, metrics equal up to the
+    last digits a different CPU could change (timings and memory aside)."""
+    from convcalc.training import train
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = re.search(r"\$ convcalc train (specs/.*?)\n(.*?)```", readme, flags=re.S)
+    assert shown, "the README's training example is missing"
+    assert shown.group(1) == "specs/mnist_cnn.yaml --data digits --epochs 10"
+    lines: list[str] = []
+    train(ROOT / "specs/mnist_cnn.yaml", "digits", epochs=10, out=tmp_path, echo=lines.append)
+
+    def key(line: str) -> str:
+        return line.split(";")[0] if line.startswith("best") else line.split(":")[0]
+
+    real = {key(line): line for line in lines}
+    number = re.compile(r"\d+\.\d+")
+    for line in shown.group(2).splitlines():
+        if line == "..." or line.startswith(("throughput", "memory")):
+            continue
+        assert key(line) in real, f"the README shows a line the run does not print: {line}"
+        if line.startswith("epoch"):
+            expected = [float(v) for v in number.findall(line)][:3]
+            measured = [float(v) for v in number.findall(real[key(line)])][:3]
+            assert measured == pytest.approx(expected, abs=0.02), line
+        elif not line.startswith("best"):
+            assert real[key(line)] == line

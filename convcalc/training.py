@@ -1,0 +1,689 @@
+"""``convcalc train``: train a spec in PyTorch on real data, and hold the calculator's
+estimates (MACs, training memory) against what the run measures.
+
+One process, or one per rank under ``torchrun`` (DistributedDataParallel: gloo on CPU,
+nccl on CUDA). Only rank 0 prints and writes. After every epoch the run directory holds
+a complete state, each file written under a temporary name and renamed:
+
+- ``metrics.json``: the settings and one entry per finished epoch;
+- ``model.pt``: the weights (a ``state_dict`` for ``build_module(spec)``);
+- ``checkpoint.pt``: weights, optimizer state, random-number state, for ``--resume``;
+- ``curves.png``: loss and accuracy per epoch;
+- ``spec.yaml``: the spec.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+import yaml
+
+from convcalc.analysis import analyze
+from convcalc.data import Dataset, load_data, split_indices
+from convcalc.errors import DataError, Problem, ShapeError, TrainingError
+from convcalc.layers import Leaf
+from convcalc.loader import load_spec
+from convcalc.report import OPTIMIZER_STATES, Report, TrainingMemory
+from convcalc.spec import Network
+from convcalc.torch_bridge import build_module, import_torch
+
+__all__ = ["DEFAULT_LR", "EpochMetrics", "Interrupted", "Settings", "TrainResult", "train"]
+
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+SGD_MOMENTUM = 0.9
+# A training step costs about three forward passes (forward, then the gradients with
+# respect to the activations and to the weights), and a multiply-accumulate is 2 FLOPs.
+FLOPS_PER_MAC_TRAINING = 3 * 2
+
+METRICS, MODEL, CHECKPOINT, CURVES, SPEC = (
+    "metrics.json",
+    "model.pt",
+    "checkpoint.pt",
+    "curves.png",
+    "spec.yaml",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a run was asked to do; saved in ``metrics.json`` and reused by ``--resume``."""
+
+    data: str
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float | None = None  # None: the optimizer's default (DEFAULT_LR)
+    optimizer: str = "adam"
+    seed: int = 0
+    device: str = "cpu"
+    validation: float = 0.2
+
+    @property
+    def learning_rate(self) -> float:
+        return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    seconds: float  # training and validation of this epoch
+    samples_per_second: float  # training samples, all ranks
+    finished_at: float  # Unix time, for measuring time to accuracy from outside
+
+
+@dataclass
+class TrainResult:
+    """A finished (or interrupted) run."""
+
+    out: Path
+    settings: Settings
+    epochs: list[EpochMetrics]
+    samples_per_second: float = 0.0
+    gflops_per_second: float = 0.0
+    peak_memory_bytes: int = 0  # CPU: RSS growth during training; CUDA: max allocated
+    estimated_memory: TrainingMemory | None = None
+    world_size: int = 1
+    notes: list[str] = field(default_factory=list)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the last finished epoch is saved in ``out``."""
+
+    def __init__(self, out: Path, epochs_done: int) -> None:
+        super().__init__(f"interrupted after epoch {epochs_done}")
+        self.out = out
+        self.epochs_done = epochs_done
+
+
+def train(
+    spec: str | os.PathLike[str] | Mapping[str, Any] | Network,
+    data: str | None = None,
+    *,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    optimizer: str | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    validation: float | None = None,
+    out: str | os.PathLike[str] | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+    echo: Callable[[str], None] | None = None,
+    on_epoch_end: Callable[[EpochMetrics], None] | None = None,
+) -> TrainResult:
+    """Train ``spec`` on ``data`` (``digits``, ``PATH.npz`` or ``mnist:DIR``).
+
+    Options left as None take their defaults (see ``Settings``), or with ``resume``
+    (a run directory) the saved run's, and ``epochs`` may then extend it. ``progress``
+    shows a tqdm bar (default: when stderr is a terminal); ``echo`` receives each
+    line the run reports (default: print).
+    """
+    given = {
+        "data": data,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": optimizer,
+        "seed": seed,
+        "device": device,
+        "validation": validation,
+    }
+    run = _Run(spec, given, out, resume, progress, echo, on_epoch_end)
+    try:
+        return run.run()
+    except KeyboardInterrupt:
+        raise Interrupted(run.out, len(run.history)) from None
+
+
+class _Run:
+    def __init__(
+        self,
+        spec: Any,
+        given: dict[str, Any],
+        out: Any,
+        resume: Any,
+        progress: bool | None,
+        echo: Callable[[str], None] | None,
+        on_epoch_end: Callable[[EpochMetrics], None] | None,
+    ) -> None:
+        self.torch = import_torch()
+        self.network = load_spec(spec)
+        self.spec_text = _spec_text(spec, self.network)
+        self.resume = Path(resume) if resume is not None else None
+        self.history: list[EpochMetrics] = []
+        self.settings = self._settings(given)
+        self.rank, self.world = self._distributed()
+        self.out = self._out_dir(out)
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.echo_line = echo or print
+        self.on_epoch_end = on_epoch_end
+        self.notes: list[str] = []
+
+    # -- settings, output directory, processes -----------------------------------------
+
+    def _settings(self, given: dict[str, Any]) -> Settings:
+        explicit = {k: v for k, v in given.items() if v is not None}
+        if self.resume is None:
+            if "data" not in explicit:
+                raise TrainingError("no training data: give --data digits, PATH.npz or mnist:DIR")
+            settings = Settings(**explicit)
+        else:
+            saved = self._saved_run()
+            changed = {
+                k: v for k, v in explicit.items() if k != "epochs" and getattr(saved, k) != v
+            }
+            if changed:
+                first = next(iter(changed))
+                raise TrainingError(
+                    f"{self.resume}: the run was trained with {first} "
+                    f"{getattr(saved, first)!r}, not {changed[first]!r}; only --epochs may "
+                    f"change when resuming"
+                )
+            settings = replace(saved, epochs=explicit.get("epochs", saved.epochs))
+        if settings.optimizer not in OPTIMIZER_STATES:
+            raise TrainingError(
+                f"unknown optimizer {settings.optimizer!r}; use one of "
+                f"{', '.join(OPTIMIZER_STATES)}"
+            )
+        for name in ("epochs", "batch_size"):
+            if getattr(settings, name) < 1:
+                raise TrainingError(f"{name} must be at least 1, got {getattr(settings, name)}")
+        if not settings.learning_rate > 0 or not math.isfinite(settings.learning_rate):
+            raise TrainingError(f"the learning rate must be positive, got {settings.lr}")
+        if not 0 < settings.validation < 1:
+            raise TrainingError(
+                f"the validation fraction must be between 0 and 1, got {settings.validation}"
+            )
+        return settings
+
+    def _saved_run(self) -> Settings:
+        assert self.resume is not None
+        for name in (METRICS, CHECKPOINT, SPEC):
+            if not (self.resume / name).is_file():
+                raise TrainingError(f"{self.resume}: nothing to resume: {name} is missing")
+        try:
+            metrics = json.loads((self.resume / METRICS).read_text(encoding="utf-8"))
+            settings = Settings(**metrics["settings"])
+            self.history = [EpochMetrics(**epoch) for epoch in metrics["epochs"]]
+        except (ValueError, KeyError, TypeError) as error:
+            raise TrainingError(
+                f"{self.resume / METRICS}: not a convcalc metrics file ({error})"
+            ) from None
+        saved_spec = load_spec(self.resume / SPEC)
+        if saved_spec.model_dump() != self.network.model_dump():
+            raise TrainingError(
+                f"{self.network.source}: differs from the spec {self.resume} was trained with "
+                f"({self.resume / SPEC}); resume with that spec"
+            )
+        return settings
+
+    def _distributed(self) -> tuple[int, int]:
+        """(rank, world size): torchrun sets WORLD_SIZE, RANK and LOCAL_RANK."""
+        torch = self.torch
+        if self.settings.device == "cuda" and not torch.cuda.is_available():
+            raise TrainingError(
+                f"--device cuda: CUDA is not available (torch {torch.__version__} "
+                f"{'built with CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU-only'})"
+            )
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return 0, 1
+        import torch.distributed as dist
+
+        if self.settings.device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if self.settings.device == "cuda" else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+
+    def _out_dir(self, out: Any) -> Path:
+        if self.resume is not None:
+            if out is not None and Path(out) != self.resume:
+                raise TrainingError("--out and --resume name different directories")
+            return self.resume
+        if out is not None:
+            path = Path(out)
+            if (path / METRICS).exists():
+                raise TrainingError(
+                    f"{path}: already holds a run; continue it with --resume {path}, "
+                    f"or choose another --out"
+                )
+            return path
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path("runs") / f"{self.network.name}-{stamp}"
+        suffix = 1
+        while path.exists():  # two runs in one second
+            suffix += 1
+            path = Path("runs") / f"{self.network.name}-{stamp}-{suffix}"
+        if self.world > 1:  # every rank must agree on rank 0's clock
+            path = Path(self._broadcast(str(path)))
+        return path
+
+    def _broadcast(self, value: str) -> str:
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return str(box[0])
+
+    def echo(self, line: str) -> None:
+        if self.rank == 0:
+            self.echo_line(line)
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        torch = self.torch
+        settings = self.settings
+        report = analyze(self.network, batch_size=settings.batch_size)
+        dataset = load_data(settings.data, self.network.input)
+        last_layer = self._check_fit(report, dataset)
+        for note in dataset.notes:
+            self.echo(note)
+        train_idx, val_idx = split_indices(len(dataset), settings.validation)
+        device = torch.device(settings.device)
+        dtype = getattr(torch, self.network.dtype)
+        x = torch.from_numpy(dataset.x).to(device=device, dtype=dtype)
+        y = torch.from_numpy(dataset.y).to(device)
+
+        loss_fn = _loss(torch, last_layer)
+        self._warm_up(loss_fn, x[:1].expand(settings.batch_size, *x.shape[1:]), y[:1])
+        baseline = self._memory_now()
+        torch.manual_seed(settings.seed)
+        model = build_module(self.network).to(device=device, dtype=dtype)
+        optimizer = self._optimizer(model)
+        start_epoch = self._restore(model, optimizer) if self.resume else 0
+        trained = model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            trained = DistributedDataParallel(model)
+
+        macs_per_sample = report.totals.macs / settings.batch_size
+        estimate = report.training_memory(settings.optimizer)
+        result = TrainResult(
+            self.out,
+            settings,
+            list(self.history),
+            estimated_memory=estimate,
+            world_size=self.world,
+            notes=list(dataset.notes),
+        )
+        self.echo(
+            f"training {self.network.name} on {dataset.source}: {len(train_idx):,} samples, "
+            f"{len(val_idx):,} for validation, {dataset.classes} classes; "
+            f"{settings.optimizer} lr {settings.learning_rate:g}, batch {settings.batch_size}"
+            + (f", {self.world} processes" if self.world > 1 else "")
+        )
+        if start_epoch >= settings.epochs:
+            self.echo(
+                f"{self.out}: already trained {start_epoch} epochs; ask for more with --epochs"
+            )
+            return result
+        peak = baseline
+        train_seconds = 0.0
+        train_samples = 0
+        try:
+            for epoch in range(start_epoch + 1, settings.epochs + 1):
+                began = time.perf_counter()
+                loss, samples, epoch_peak = self._train_epoch(
+                    trained, optimizer, loss_fn, x, y, train_idx, epoch
+                )
+                trained_for = time.perf_counter() - began
+                peak = max(peak, epoch_peak)
+                train_seconds += trained_for
+                train_samples += samples
+                val_loss, accuracy = self._validate(model, loss_fn, x, y, val_idx)
+                metrics = EpochMetrics(
+                    epoch=epoch,
+                    train_loss=loss,
+                    val_loss=val_loss,
+                    val_accuracy=accuracy,
+                    seconds=time.perf_counter() - began,
+                    samples_per_second=samples / trained_for,
+                    finished_at=time.time(),
+                )
+                self.history.append(metrics)
+                result.epochs.append(metrics)
+                if self.rank == 0:
+                    self._save(model, optimizer, epoch)
+                self.echo(
+                    f"epoch {epoch}/{settings.epochs}: train loss {loss:.4f}, val loss "
+                    f"{val_loss:.4f}, val accuracy {accuracy:.2%} ({metrics.seconds:.1f} s)"
+                )
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(metrics)
+        finally:
+            self._plot()
+
+        result.samples_per_second = train_samples / train_seconds
+        result.gflops_per_second = (
+            result.samples_per_second * macs_per_sample * FLOPS_PER_MAC_TRAINING / 1e9
+        )
+        result.peak_memory_bytes = self._peak_memory(peak, baseline)
+        self._summary(result)
+        if self.rank == 0:
+            self._write_metrics(result)
+        return result
+
+    def _check_fit(self, report: Report, dataset: Dataset) -> str:
+        """The loss to use (see ``_loss``), once the output fits the labels."""
+        last = self.network.layers[-1]
+        row = report.top_level_output()
+
+        def problem(message: str) -> Problem:
+            return Problem(message, self.network.source, last.line, row.path, last.name)
+
+        if len(report.output_shape) != 2:
+            raise ShapeError(
+                problem(
+                    f"the network's output is {_per_batch(report.output_shape)}; training a "
+                    f"classifier needs [N, classes]: end the spec with flatten and linear"
+                )
+            )
+        outputs = report.output_shape[1]
+        if dataset.classes != outputs:
+            raise DataError(
+                str(
+                    problem(
+                        f"outputs {outputs} values per sample, but the labels of "
+                        f"{dataset.source} have {dataset.classes} classes "
+                        f"(0–{dataset.classes - 1})"
+                    )
+                )
+            )
+        kind = last.type if isinstance(last, Leaf) else ""
+        if kind == "softmax":
+            self.echo(
+                f"{row.path}: the spec ends with softmax; training takes the log of its "
+                f"output (ending with linear, and letting the loss apply softmax, is stabler)"
+            )
+        return kind if kind in ("softmax", "logsoftmax") else "linear"
+
+    def _warm_up(self, loss_fn: Any, x: Any, y: Any) -> None:
+        """One step on a throw-away model, so that the memory measured during training is
+        training's own, not that of imports, thread pools and kernels torch sets up on
+        first use. The random-number state is left as it was."""
+        torch = self.torch
+        for module in ("torch.optim", "torch.utils.data.distributed"):
+            importlib.import_module(module)
+        if self.rank == 0 and self.progress:
+            importlib.import_module("tqdm")
+        state = torch.get_rng_state()
+        model = build_module(self.network).to(device=x.device, dtype=x.dtype)
+        optimizer = self._optimizer(model)
+        loss_fn(model(x), y.expand(len(x))).backward()
+        optimizer.step()
+        del model, optimizer
+        torch.set_rng_state(state)
+
+    def _optimizer(self, model: Any) -> Any:
+        optim = self.torch.optim
+        settings = self.settings
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise TrainingError(
+                f"{self.network.source}: every layer is frozen (trainable: false); nothing to train"
+            )
+        if settings.optimizer == "sgd":
+            return optim.SGD(params, lr=settings.learning_rate, momentum=SGD_MOMENTUM)
+        if settings.optimizer == "adam":
+            return optim.Adam(params, lr=settings.learning_rate)
+        return optim.AdamW(params, lr=settings.learning_rate)
+
+    def _restore(self, model: Any, optimizer: Any) -> int:
+        assert self.resume is not None
+        torch = self.torch
+        state = torch.load(self.resume / CHECKPOINT, weights_only=True, map_location="cpu")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        if self.settings.device == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        epoch = int(state["epoch"])
+        self.history = [EpochMetrics(**e) for e in state["history"]]
+        self.echo(f"resuming {self.out} after epoch {epoch}")
+        return epoch
+
+    def _train_epoch(
+        self, model: Any, optimizer: Any, loss_fn: Any, x: Any, y: Any, indices: Any, epoch: int
+    ) -> tuple[float, int, int]:
+        """(mean training loss, samples seen by all ranks, peak memory sampled)."""
+        torch = self.torch
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler: DistributedSampler[int] = DistributedSampler(
+            cast(Any, range(len(indices))),  # any sized sequence will do
+            num_replicas=self.world,
+            rank=self.rank,
+            shuffle=True,
+            seed=self.settings.seed,
+        )
+        sampler.set_epoch(epoch)
+        order = torch.as_tensor(indices)[torch.as_tensor(list(sampler))]
+        batch = self.settings.batch_size
+        model.train()
+        bar = self._bar(epoch, len(order) * self.world)
+        loss_sum, samples, peak = 0.0, 0, 0
+        try:
+            for step, start in enumerate(range(0, len(order), batch), start=1):
+                chosen = order[start : start + batch].to(x.device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x[chosen]), y[chosen])
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"the loss became {value} in epoch {epoch}, step {step}; training "
+                        f"diverged: try a lower learning rate than {self.settings.learning_rate:g}"
+                    )
+                peak = max(peak, self._memory_now())  # saved activations are alive here
+                loss.backward()
+                optimizer.step()
+                peak = max(peak, self._memory_now())
+                loss_sum += value * len(chosen)
+                samples += len(chosen)
+                if bar is not None:
+                    bar.update(len(chosen) * self.world)
+                    bar.set_postfix(loss=f"{loss_sum / samples:.4f}", refresh=False)
+        finally:
+            if bar is not None:
+                bar.close()
+        total = self._sum_over_ranks(loss_sum, samples)
+        return total[0] / total[1], int(total[1]), peak
+
+    def _sum_over_ranks(self, *values: float) -> list[float]:
+        if self.world == 1:
+            return list(values)
+        import torch.distributed as dist
+
+        tensor = self.torch.tensor(values, dtype=self.torch.float64)
+        dist.all_reduce(tensor)
+        return [float(v) for v in tensor.tolist()]
+
+    def _bar(self, epoch: int, total: int) -> Any:
+        if self.rank != 0 or not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(
+            total=total,
+            desc=f"epoch {epoch}/{self.settings.epochs}",
+            unit="sample",
+            unit_scale=True,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def _validate(
+        self, model: Any, loss_fn: Any, x: Any, y: Any, indices: Any
+    ) -> tuple[float, float]:
+        """(mean loss, accuracy) on the validation samples; ranks share the work."""
+        torch = self.torch
+        mine = torch.as_tensor(indices[self.rank :: self.world])
+        loss_sum, correct = 0.0, 0
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(mine), 1024):
+                chosen = mine[start : start + 1024].to(x.device)
+                output = model(x[chosen])
+                loss_sum += loss_fn(output, y[chosen]).item() * len(chosen)
+                correct += int((output.argmax(dim=1) == y[chosen]).sum().item())
+        loss_total, correct_total, count = self._sum_over_ranks(loss_sum, correct, len(mine))
+        return loss_total / count, correct_total / count
+
+    # -- memory ----------------------------------------------------------------------------
+
+    def _memory_now(self) -> int:
+        if self.settings.device == "cuda":
+            return int(self.torch.cuda.memory_allocated())
+        return _rss_bytes()
+
+    def _peak_memory(self, sampled_peak: int, baseline: int) -> int:
+        """CPU: growth of the resident set over the baseline; CUDA: peak allocated."""
+        if self.settings.device == "cuda":
+            return int(self.torch.cuda.max_memory_allocated())
+        return max(0, sampled_peak - baseline)
+
+    # -- files -----------------------------------------------------------------------------
+
+    def _save(self, model: Any, optimizer: Any, epoch: int) -> None:
+        torch = self.torch
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not (self.out / SPEC).exists():
+            _atomic(self.out / SPEC, lambda path: path.write_text(self.spec_text, encoding="utf-8"))
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "epoch": epoch,
+            "history": [asdict(e) for e in self.history],
+        }
+        if self.settings.device == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        _atomic(self.out / CHECKPOINT, lambda path: torch.save(state, path))
+        _atomic(self.out / MODEL, lambda path: torch.save(model.state_dict(), path))
+        self._write_metrics(None)
+
+    def _plot(self) -> None:
+        """curves.png, at the end of the run (or when it stops early)."""
+        if self.rank == 0 and self.history and self.out.is_dir():
+            _atomic(self.out / CURVES, lambda path: _plot(self.history, self.network.name, path))
+
+    def _write_metrics(self, result: TrainResult | None) -> None:
+        data: dict[str, Any] = {
+            "spec": self.network.name,
+            "settings": asdict(self.settings),
+            "learning_rate": self.settings.learning_rate,
+            "world_size": self.world,
+            "epochs": [asdict(epoch) for epoch in self.history],
+        }
+        if result is not None:
+            memory = result.estimated_memory
+            data["summary"] = {
+                "samples_per_second": result.samples_per_second,
+                "gflops_per_second": result.gflops_per_second,
+                "flops_per_mac": FLOPS_PER_MAC_TRAINING,
+                "peak_memory_bytes": result.peak_memory_bytes,
+                "peak_memory_measured_as": "max_memory_allocated"
+                if self.settings.device == "cuda"
+                else "RSS growth during training",
+                "estimated_memory": memory.to_dict() if memory else None,
+            }
+        text = json.dumps(data, indent=2) + "\n"
+        _atomic(self.out / METRICS, lambda path: path.write_text(text, encoding="utf-8"))
+
+    def _summary(self, result: TrainResult) -> None:
+        if not result.epochs:
+            return
+        best = max(result.epochs, key=lambda e: e.val_accuracy)
+        memory = result.estimated_memory
+        assert memory is not None
+        measured = result.peak_memory_bytes
+        how = "peak allocated" if self.settings.device == "cuda" else "RSS growth"
+        ratio = f" ({measured / memory.total:.2f}× the estimate)" if memory.total else ""
+        self.echo(
+            f"throughput {result.samples_per_second:,.0f} samples/s, "
+            f"{result.gflops_per_second:.2f} GFLOP/s achieved (6 FLOPs per MAC: forward and "
+            f"backward ≈ 3 forward passes)"
+        )
+        self.echo(
+            f"memory: {measured / 1e6:,.1f} MB measured ({how}), "
+            f"{memory.total / 1e6:,.1f} MB estimated for {memory.optimizer} at batch "
+            f"{memory.batch_size}{ratio}"
+        )
+        self.echo(
+            f"best validation accuracy {best.val_accuracy:.2%} (epoch {best.epoch}); "
+            f"files in {self.out}"
+        )
+
+
+def _loss(torch: Any, last: str) -> Any:
+    """Cross-entropy on what the network's last layer gives: scores, log-probabilities
+    (logsoftmax) or probabilities (softmax)."""
+    if last == "logsoftmax":
+        return torch.nn.NLLLoss()
+    if last == "softmax":
+        nll = torch.nn.NLLLoss()
+        return lambda probabilities, target: nll(torch.log(probabilities.clamp_min(1e-12)), target)
+    return torch.nn.CrossEntropyLoss()
+
+
+def _per_batch(shape: tuple[int, ...]) -> str:
+    """``[N, 3, 6, 6]``: a shape whatever the batch size."""
+    return "[" + ", ".join(["N", *map(str, shape[1:])]) + "]"
+
+
+def _rss_bytes() -> int:
+    """The resident set size now (Linux), else the peak so far."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write through a temporary name, then rename: a crash never leaves half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def _spec_text(spec: Any, network: Network) -> str:
+    if isinstance(spec, (str, os.PathLike)) and network.source and Path(network.source).is_file():
+        return Path(network.source).read_text(encoding="utf-8")
+    if isinstance(spec, Mapping):
+        return yaml.safe_dump(dict(spec), sort_keys=False)
+    return yaml.safe_dump(network.model_dump(mode="json", exclude_unset=True), sort_keys=False)
+
+
+def _plot(history: list[EpochMetrics], name: str, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    epochs = [e.epoch for e in history]
+    figure = Figure(figsize=(9, 3.6), layout="constrained")
+    loss, accuracy = figure.subplots(1, 2)
+    loss.plot(epochs, [e.train_loss for e in history], "o-", label="train")
+    loss.plot(epochs, [e.val_loss for e in history], "o-", label="validation")
+    loss.set(title=f"{name}: loss", xlabel="epoch", ylabel="cross-entropy")
+    loss.legend()
+    accuracy.plot(epochs, [100 * e.val_accuracy for e in history], "o-", color="C2")
+    accuracy.set(title="validation accuracy", xlabel="epoch", ylabel="%")
+    for axes in (loss, accuracy):
+        axes.grid(alpha=0.3)
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    figure.savefig(path, format="png", dpi=100)
