@@ -171,7 +171,6 @@ class _Run:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.echo_line = echo or print
         self.on_epoch_end = on_epoch_end
-        self.notes: list[str] = []
 
     # -- settings, output directory, processes -----------------------------------------
 
