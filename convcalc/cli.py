@@ -56,6 +56,27 @@ class _ShapeParam(click.ParamType):  # type: ignore[type-arg,unused-ignore]
         return shape
 
 
+class _RangeParam(click.ParamType):  # type: ignore[type-arg,unused-ignore]
+    """``3`` or ``1:7`` (both ends included)."""
+
+    name = "N|A:B"
+
+    def __init__(self, low: int = 1) -> None:
+        self.low = low
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (int, range)):
+            return value
+        match = re.fullmatch(r"\s*(\d+)\s*(?::\s*(\d+)\s*)?", str(value))
+        if match is None:
+            self.fail(f"{value!r} is not a number or a range such as 1:7", param, ctx)
+        low = int(match.group(1))
+        high = int(match.group(2)) if match.group(2) else None
+        if low < self.low or (high is not None and high < low):
+            self.fail(f"{value!r}: give numbers from {self.low} up, the smaller first", param, ctx)
+        return low if high is None else range(low, high + 1)
+
+
 _spec_argument = click.argument("spec", type=click.Path(exists=True, dir_okay=False, readable=True))
 
 
@@ -183,6 +204,82 @@ def verify(
     if not report.ok:
         click.echo(f"mismatch: {report.first_difference()}", err=True)
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--in", "input_size", type=click.IntRange(min=1), required=True, help="Input size.")
+@click.option(
+    "--out", "output_size", type=click.IntRange(min=1), required=True, help="Wanted output size."
+)
+@click.option(
+    "--kind",
+    type=click.Choice(["conv", "pool", "convtranspose"]),
+    default="conv",
+    show_default=True,
+    help="Convolution, max/avg pooling, or transposed convolution.",
+)
+@click.option("--kernel", type=_RangeParam(), help="Kernel size, or a range [default: 1:11].")
+@click.option("--stride", type=_RangeParam(), help="Stride, or a range [default: 1:8].")
+@click.option(
+    "--padding",
+    type=_RangeParam(low=0),
+    help="Padding, or a range [default: 0 up to the dilated kernel − 1; pooling: kernel / 2].",
+)
+@click.option(
+    "--dilation", type=_RangeParam(), help="Dilation, or a range [default: 1:3; pooling: 1]."
+)
+@click.option(
+    "--ceil-mode/--no-ceil-mode", default=None, help="Pooling: fix ceil_mode [default: both]."
+)
+@click.option(
+    "--output-padding",
+    type=_RangeParam(low=0),
+    help="Transposed convolution: output_padding, or a range [default: all that torch allows].",
+)
+@click.option(
+    "--format",
+    "-f",
+    "output_format",
+    type=click.Choice(["table", "markdown", "json"]),
+    default="table",
+    show_default=True,
+)
+def solve(
+    input_size: int,
+    output_size: int,
+    kind: str,
+    kernel: int | range | None,
+    stride: int | range | None,
+    padding: int | range | None,
+    dilation: int | range | None,
+    ceil_mode: bool | None,
+    output_padding: int | range | None,
+    output_format: str,
+) -> None:
+    """List the kernel, stride, padding and dilation that give an output size, simplest first.
+
+    Exit 1 when nothing within the bounds gives it.
+    """
+    from convcalc.solve import render_solutions
+    from convcalc.solve import solve as find
+
+    solutions = find(
+        input_size,
+        output_size,
+        kind=kind,  # type: ignore[arg-type]
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        ceil_mode=ceil_mode,
+        output_padding=output_padding,
+    )
+    if not solutions:
+        raise ConvCalcError(
+            f"no {kind} within the bounds turns {input_size} into {output_size}; "
+            f"widen them with --kernel, --stride, --padding or --dilation ranges"
+        )
+    click.echo(render_solutions(solutions, output_format), nl=False)
 
 
 @cli.command()
