@@ -177,14 +177,9 @@ class _Analyzer:
             shortcut = self.sequence(block.shortcut, flow, f"{path}.shortcut", depth + 1, trainable)
         finally:
             self.in_shortcut -= 1
-        if body.shape != shortcut.shape:
-            which = "the shortcut's" if block.shortcut else "the identity shortcut's"
-            raise self.error(
-                f"residual: the body's output {format_shape(body.shape)} and {which} output "
-                f"{format_shape(shortcut.shape)} must have the same shape",
-                block,
-                path,
-            )
+        problem = residual_problem(body.shape, shortcut.shape, bool(block.shortcut))
+        if problem:
+            raise self.error(problem, block, path)
         out = _Flow(
             body.shape,
             self.merge_fields(block, path, [body, shortcut]),
@@ -200,18 +195,9 @@ class _Analyzer:
             self.sequence(branch, flow, f"{path}.branches.{i}", depth + 1, trainable)
             for i, branch in enumerate(block.branches)
         ]
-        first = branches[0].shape
-        for i, branch in enumerate(branches[1:], start=1):
-            shape = branch.shape
-            # every dimension but the channels (dimension 1) must agree
-            if len(shape) < 2 or shape[:1] + shape[2:] != first[:1] + first[2:]:
-                raise self.error(
-                    f"concat: branch 0 gives {format_shape(first)} but branch {i} gives "
-                    f"{format_shape(shape)}; all dimensions but the channels must agree",
-                    block,
-                    path,
-                )
-        shape = (first[0], sum(b.shape[1] for b in branches), *first[2:])
+        shape = concat_shape([branch.shape for branch in branches])
+        if isinstance(shape, str):
+            raise self.error(shape, block, path)
         out = _Flow(
             shape,
             self.merge_fields(block, path, branches),
@@ -336,6 +322,30 @@ class _Analyzer:
             warnings=tuple(self.warnings),
             source=network.source,
         )
+
+
+def residual_problem(body: Shape, shortcut: Shape, has_shortcut: bool) -> str | None:
+    """Why a residual's two outputs cannot be added, or None."""
+    if body == shortcut:
+        return None
+    which = "the shortcut's" if has_shortcut else "the identity shortcut's"
+    return (
+        f"residual: the body's output {format_shape(body)} and {which} output "
+        f"{format_shape(shortcut)} must have the same shape"
+    )
+
+
+def concat_shape(shapes: Sequence[Shape]) -> Shape | str:
+    """The shape of the branches concatenated along channels, or why they cannot be."""
+    first = shapes[0]
+    for i, shape in enumerate(shapes[1:], start=1):
+        # every dimension but the channels (dimension 1) must agree
+        if len(shape) < 2 or shape[:1] + shape[2:] != first[:1] + first[2:]:
+            return (
+                f"concat: branch 0 gives {format_shape(first)} but branch {i} gives "
+                f"{format_shape(shape)}; all dimensions but the channels must agree"
+            )
+    return (first[0], sum(shape[1] for shape in shapes), *first[2:])
 
 
 def analyze(

@@ -283,6 +283,34 @@ def solve(
 
 
 @cli.command()
+@_spec_argument
+@click.option(
+    "--range",
+    "sizes",
+    type=_RangeParam(),
+    help="Candidate sizes A:B, both included [default: 1 to 1024, or the spec's size].",
+)
+@click.option(
+    "--format",
+    "-f",
+    "output_format",
+    type=click.Choice(["table", "markdown", "json"]),
+    default="table",
+    show_default=True,
+)
+def sizes(spec: str, sizes: int | range | None, output_format: str) -> None:
+    """Which input sizes pass through the whole network without an error or dropped pixels.
+
+    Every spatial dimension takes the size S; for sizes that fail, the first layer that
+    fails (or the first that drops input pixels) is named.
+    """
+    from convcalc.sizes import check_sizes
+
+    candidates = [sizes] if isinstance(sizes, int) else sizes
+    click.echo(check_sizes(spec, candidates).render(output_format), nl=False)
+
+
+@cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option(
     "--data",

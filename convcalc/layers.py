@@ -71,9 +71,15 @@ class LayerResult:
     windows: tuple[Window, ...] | SpatialMap = SpatialMap.POINTWISE
     arguments: str = ""
     warnings: tuple[str, ...] = ()
-    # Input pixels no window reaches; not reported inside a residual's shortcut,
-    # whose input the body sees in full.
-    coverage_warnings: tuple[str, ...] = ()
+    # Input pixels no window reaches: the trailing ones floor division drops (which
+    # depends on the input size), and those a stride skips. Not reported inside a
+    # residual's shortcut, whose input the body sees in full.
+    dropped: str = ""
+    skipped: str = ""
+
+    @property
+    def coverage_warnings(self) -> tuple[str, ...]:
+        return tuple(message for message in (self.dropped, self.skipped) if message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +195,9 @@ def _window_warnings(
     padding_left: tuple[int, ...],
     dilation: tuple[int, ...],
     output: tuple[int, ...],
-) -> tuple[str, ...]:
-    """Input pixels that no window ever reaches: trailing ones, and skipped ones."""
+) -> tuple[str, str]:
+    """Input pixels that no window ever reaches: (dropped trailing ones, skipped ones),
+    as messages for ``LayerResult``, empty when there are none."""
     names = SPATIAL_NAMES[len(spatial)]
     dropped = []
     skipped = []
@@ -203,19 +210,19 @@ def _window_warnings(
         reached = {(t * d) % s for t in range(min(k, s))}
         if len(reached) < s:
             skipped.append(f"{s - len(reached)} of every {s} in {name}")
-    warnings = []
+    dropped_message = skipped_message = ""
     if dropped:
-        warnings.append(
+        dropped_message = (
             f"the last {' and '.join(dropped)} of its {'×'.join(map(str, spatial))} input "
             f"are never covered by a window (kernel {_fmt(kernel)}, stride {_fmt(stride)}, "
             f"padding {_fmt(padding_left)}): floor division drops them"
         )
     if skipped:
-        warnings.append(
+        skipped_message = (
             f"stride {_fmt(stride)} skips input pixels that no kernel tap reaches: "
             + ", ".join(skipped)
         )
-    return tuple(warnings)
+    return dropped_message, skipped_message
 
 
 def conv_formula(n: int, k: int, s: int, pl: int, pr: int, d: int, out: int) -> str:
@@ -341,6 +348,7 @@ class Conv(Leaf):
         params = per_output * self.out_channels + (self.out_channels if self.bias else 0)
         macs = batch * self.out_channels * math.prod(output) * per_output
         left = tuple(p[0] for p in pads)
+        dropped, skipped = _window_warnings(spatial, kernel, stride, left, dilation, output)
         arguments = f"k={_fmt(kernel)} s={_fmt(stride)} p="
         arguments += self.padding if isinstance(self.padding, str) else _fmt(left)
         if any(d != 1 for d in dilation):
@@ -360,7 +368,8 @@ class Conv(Leaf):
                 for k, s, p, d in zip(kernel, stride, left, dilation)
             ),
             arguments=arguments,
-            coverage_warnings=_window_warnings(spatial, kernel, stride, left, dilation, output),
+            dropped=dropped,
+            skipped=skipped,
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
@@ -525,6 +534,7 @@ class _Pool(Leaf):
                     for n, k, s, p, d, o in zip(spatial, kernel, stride, padding, dilation, output)
                 ],
             )
+        dropped, skipped = _window_warnings(spatial, kernel, stride, padding, dilation, output)
         arguments = f"k={_fmt(kernel)} s={_fmt(stride)} p={_fmt(padding)}"
         if any(d != 1 for d in dilation):
             arguments += f" d={_fmt(dilation)}"
@@ -537,7 +547,8 @@ class _Pool(Leaf):
                 for k, s, p, d in zip(kernel, stride, padding, dilation)
             ),
             arguments=arguments,
-            coverage_warnings=_window_warnings(spatial, kernel, stride, padding, dilation, output),
+            dropped=dropped,
+            skipped=skipped,
         )
 
 
