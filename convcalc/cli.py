@@ -282,6 +282,34 @@ def solve(
     click.echo(render_solutions(solutions, output_format), nl=False)
 
 
+@cli.command(name="compare")
+@click.argument("spec_a", type=click.Path(exists=True, dir_okay=False, readable=True))
+@click.argument("spec_b", type=click.Path(exists=True, dir_okay=False, readable=True))
+@click.option(
+    "--format",
+    "-f",
+    "output_format",
+    type=click.Choice(["table", "markdown", "json"]),
+    default="table",
+    show_default=True,
+    help="markdown pastes into a pull request.",
+)
+@_override_options
+def compare_command(
+    spec_a: str,
+    spec_b: str,
+    output_format: str,
+    input_shape: tuple[int, ...] | None,
+    batch_size: int | None,
+    dtype: str | None,
+) -> None:
+    """Two specs side by side: totals with absolute and relative changes, then per block."""
+    from convcalc.compare import compare
+
+    comparison = compare(spec_a, spec_b, input=input_shape, batch_size=batch_size, dtype=dtype)
+    click.echo(comparison.render(output_format), nl=False)
+
+
 @cli.command()
 @_spec_argument
 @click.option(
