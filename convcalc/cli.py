@@ -282,6 +282,30 @@ def solve(
     click.echo(render_solutions(solutions, output_format), nl=False)
 
 
+@cli.command()
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the schema to this file instead of printing it.",
+)
+def schema(output: str | None) -> None:
+    """Print the JSON Schema of the spec format, for editors and validators.
+
+    With yaml-language-server, start a spec with:
+    # yaml-language-server: $schema=<path or URL of this schema>
+    """
+    from pathlib import Path
+
+    from convcalc.schema import spec_schema_text
+
+    text = spec_schema_text()
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text, encoding="utf-8")
+
+
 @cli.command(name="compare")
 @click.argument("spec_a", type=click.Path(exists=True, dir_okay=False, readable=True))
 @click.argument("spec_b", type=click.Path(exists=True, dir_okay=False, readable=True))

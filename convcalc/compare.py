@@ -184,9 +184,7 @@ def compare(
 def final_field(report: Report) -> ReceptiveField | None:
     """The receptive field of the last top-level feature map larger than one pixel (after
     global pooling every unit sees the whole padded input), or of the last one at all."""
-    fields = [
-        row for row in report.rows if row.depth == 1 and row.receptive_field is not None
-    ]
+    fields = [row for row in report.rows if row.depth == 1 and row.receptive_field is not None]
     for row in reversed(fields):
         if any(n > 1 for n in row.output_shape[2:]):
             return row.receptive_field

@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     PlainValidator,
     PrivateAttr,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -146,6 +147,9 @@ def _normalise_layer(value: Any) -> Any:
     return mapping
 
 
+LAYER_PLACEHOLDER = {"x-convcalc": "layer"}
+
+
 def _parse_layer(value: Any) -> LayerModel:
     """Validate one layer with the model class its ``type`` names.
 
@@ -162,8 +166,9 @@ def _parse_layer(value: Any) -> LayerModel:
 if TYPE_CHECKING:
     LayerSpec: TypeAlias = Leaf | Block
 else:
-    # Any layer or block, validated by the class its type names.
-    LayerSpec = Annotated[Any, PlainValidator(_parse_layer)]
+    # Any layer or block, validated by the class its type names; convcalc.schema
+    # puts the JSON Schema of the union where this placeholder stands.
+    LayerSpec = Annotated[Any, PlainValidator(_parse_layer), WithJsonSchema(LAYER_PLACEHOLDER)]
 
 
 def expanded_size(layers: Any, memo: dict[int, int] | None = None) -> int:

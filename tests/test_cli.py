@@ -124,7 +124,7 @@ def test_bad_usage_exits_2(args):
 def test_bad_override_is_a_spec_error():
     result = run("shape", ALEXNET, "--input", "3,8,8")
     assert result.exit_code == 1
-    assert "alexnet.yaml:11: layers.0.2: output size in H would be 0: " in result.stderr
+    assert "alexnet.yaml:12: layers.0.2: output size in H would be 0: " in result.stderr
 
 
 def test_check_ok():
