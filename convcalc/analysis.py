@@ -321,6 +321,7 @@ class _Analyzer:
             totals=totals,
             warnings=tuple(self.warnings),
             source=network.source,
+            network=network,
         )
 
 

@@ -306,6 +306,48 @@ def schema(output: str | None) -> None:
         Path(output).write_text(text, encoding="utf-8")
 
 
+@cli.command()
+@_spec_argument
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True),
+    help="net.svg for the picture, net.html for a page with the picture and the table.",
+)
+@click.option(
+    "--depth",
+    type=click.IntRange(min=1),
+    help="Draw blocks at this nesting depth (1 = top level) as one box each.",
+)
+@click.option("--input", "input_shape", type=_ShapeParam(), help="Override the input shape.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Override the batch size.")
+def draw(
+    spec: str,
+    output: str,
+    depth: int | None,
+    input_shape: tuple[int, ...] | None,
+    batch_size: int | None,
+) -> None:
+    """Draw the network: a box per layer output, residual and concat blocks as such."""
+    from pathlib import Path
+
+    from convcalc.draw import draw as picture
+
+    suffix = Path(output).suffix.lower()
+    if suffix not in (".svg", ".html", ".htm"):
+        raise ConvCalcError(f"{output}: the picture is written as .svg or .html, not {suffix!r}")
+    text = picture(
+        spec,
+        format="svg" if suffix == ".svg" else "html",
+        depth=depth,
+        input=input_shape,
+        batch_size=batch_size,
+    )
+    Path(output).write_text(text, encoding="utf-8")
+    click.echo(f"wrote {output}")
+
+
 @cli.command(name="compare")
 @click.argument("spec_a", type=click.Path(exists=True, dir_okay=False, readable=True))
 @click.argument("spec_b", type=click.Path(exists=True, dir_okay=False, readable=True))

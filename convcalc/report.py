@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from convcalc.receptive_field import ReceptiveField
+
+if TYPE_CHECKING:
+    from convcalc.spec import Network
 
 __all__ = [
     "DTYPE_BYTES",
@@ -175,6 +178,7 @@ class Report:
     totals: Totals
     warnings: tuple[SpecWarning, ...]
     source: str | None = None
+    network: Network | None = field(default=None, compare=False, repr=False)
 
     @property
     def output_shape(self) -> Shape:
@@ -237,3 +241,14 @@ class Report:
 
     def __str__(self) -> str:
         return self.render()
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the picture and the table. Big networks are drawn to depth 1."""
+        from convcalc.draw import html_table, svg_picture
+
+        picture = ""
+        if self.network is not None:
+            depth = None if len(self.rows) <= 40 else 1
+            svg = svg_picture(self.network, self, depth)
+            picture = f'<div style="overflow-x: auto">{svg}</div>'
+        return html_table(self, picture)

@@ -68,11 +68,17 @@ def test_ci_runs_the_readme_commands():
         .strip()
         .splitlines()
     )
+    browser = (
+        re.search(r"headless Chromium.*?```bash\n(.*?)```", readme, flags=re.S)
+        .group(1)
+        .strip()
+        .splitlines()
+    )
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     commands = [
         line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))
     ]
-    assert commands == setup
+    assert commands == browser + setup
 
 
 def test_readme_python_runs(monkeypatch):
@@ -109,3 +115,19 @@ def test_readme_training_example_is_real(tmp_path):
             assert measured == pytest.approx(expected, abs=0.02), line
         elif not line.startswith("best"):
             assert real[key(line)] == line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "convcalc solve --in 224 --out 112 --kernel 3",
+        "convcalc sizes specs/unet_small.yaml --range 60:66",
+    ],
+)
+def test_readme_design_examples_are_real(command, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = re.search(re.escape(f"$ {command}\n") + r"(.*?)```", readme, flags=re.S)
+    assert shown, f"the README does not show {command}"
+    result = CliRunner().invoke(cli, command.split()[1:])
+    assert result.stdout == shown.group(1)
