@@ -12,18 +12,28 @@ from typing import Any
 from convcalc.analysis import analyze
 from convcalc.errors import (
     ConvCalcError,
+    DataError,
+    ModelImportError,
     Problem,
     ShapeError,
     SpecError,
     SpecSyntaxError,
     SpecValidationError,
     TorchNotInstalledError,
+    TrainingError,
 )
 from convcalc.loader import load_spec
 from convcalc.report import LayerRow, Report, SpecWarning, Totals
 from convcalc.spec import Network
 
 __version__ = "0.1.0"
+
+
+def from_torch(module: Any, input_shape: Any, **options: Any) -> Network:
+    """A PyTorch module as a spec, traced with torch.fx (see ``convcalc.from_torch``)."""
+    from convcalc.from_torch import from_torch as trace
+
+    return trace(module, input_shape, **options)
 
 
 def build_module(spec: Any, **overrides: Any) -> Any:
@@ -35,7 +45,9 @@ def build_module(spec: Any, **overrides: Any) -> Any:
 
 __all__ = [
     "ConvCalcError",
+    "DataError",
     "LayerRow",
+    "ModelImportError",
     "Network",
     "Problem",
     "Report",
@@ -46,8 +58,10 @@ __all__ = [
     "SpecWarning",
     "TorchNotInstalledError",
     "Totals",
+    "TrainingError",
     "__version__",
     "analyze",
     "build_module",
+    "from_torch",
     "load_spec",
 ]

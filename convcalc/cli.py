@@ -295,15 +295,10 @@ def schema(output: str | None) -> None:
     With yaml-language-server, start a spec with:
     # yaml-language-server: $schema=<path or URL of this schema>
     """
-    from pathlib import Path
 
     from convcalc.schema import spec_schema_text
 
-    text = spec_schema_text()
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        Path(output).write_text(text, encoding="utf-8")
+    _emit(spec_schema_text(), output, say=False)
 
 
 @cli.command()
@@ -346,6 +341,62 @@ def draw(
     )
     Path(output).write_text(text, encoding="utf-8")
     click.echo(f"wrote {output}")
+
+
+@cli.command(name="import-torch")
+@click.argument("factory")
+@click.option(
+    "--input", "input_shape", type=_ShapeParam(), required=True, help="One sample, e.g. 3,224,224."
+)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the spec here.")
+@click.option("--name", help="The spec's name [default: from the model's class].")
+@click.option(
+    "--leaf",
+    "leaves",
+    multiple=True,
+    help="A submodule (qualified name or class name) fx should not trace into; repeatable.",
+)
+def import_torch_command(
+    factory: str,
+    input_shape: tuple[int, ...],
+    output: str | None,
+    name: str | None,
+    leaves: tuple[str, ...],
+) -> None:
+    """Turn a PyTorch model (package.module:factory, called with no arguments) into a spec."""
+
+    from convcalc.errors import ModelImportError
+    from convcalc.from_torch import from_torch, load_factory
+    from convcalc.loader import dump_spec
+
+    make = load_factory(factory)
+    try:
+        model = make()
+    except Exception as error:
+        raise ModelImportError(f"{factory}() raised {type(error).__name__}: {error}") from None
+    network = from_torch(model, input_shape, name=name, leaf_modules=leaves)
+    header = f"Imported by convcalc from {factory} (torch.fx), input {list(input_shape)}."
+    _emit(dump_spec(network, header), output)
+
+
+@cli.command(name="export")
+@_spec_argument
+@click.option(
+    "--to",
+    "target",
+    type=click.Choice(["pytorch"]),
+    default="pytorch",
+    show_default=True,
+    help="What to write.",
+)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the code here.")
+@click.option("--class-name", help="The module's class name [default: from the spec's name].")
+def export_command(spec: str, target: str, output: str | None, class_name: str | None) -> None:
+    """Write the spec as a standalone PyTorch module file (it imports only torch)."""
+
+    from convcalc.export import export_pytorch
+
+    _emit(export_pytorch(spec, class_name), output)
 
 
 @cli.command(name="compare")
@@ -486,6 +537,18 @@ def train(
         else:
             click.echo("interrupted before the first epoch finished; nothing written", err=True)
         sys.exit(130)
+
+
+def _emit(text: str, output: str | None, say: bool = True) -> None:
+    """Print ``text``, or write it to ``output`` (and say so on stderr)."""
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    from pathlib import Path
+
+    Path(output).write_text(text, encoding="utf-8")
+    if say:
+        click.echo(f"wrote {output}", err=True)
 
 
 def main() -> None:

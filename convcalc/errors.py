@@ -10,6 +10,7 @@ Every error the library raises on purpose derives from one base, so a caller
     │   └── ShapeError           the layers do not fit together (sizes, channels, dimensions)
     ├── DataError                training data that is missing, unreadable or does not fit
     ├── TrainingError            training cannot start or go on (NaN loss, no CUDA, resume)
+    ├── ModelImportError         a PyTorch model that cannot be imported as a spec
     └── TorchNotInstalledError   a command needs PyTorch and it is not installed
 
 Low-level code (the layer models and formulas) raises plain ``ValueError`` with a
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 __all__ = [
     "ConvCalcError",
     "DataError",
+    "ModelImportError",
     "Problem",
     "ShapeError",
     "SpecError",
@@ -92,6 +94,11 @@ class DataError(ConvCalcError):
 class TrainingError(ConvCalcError):
     """Training cannot start or cannot go on: a NaN loss, no CUDA, a run that cannot
     be resumed."""
+
+
+class ModelImportError(ConvCalcError):
+    """A PyTorch model that cannot be imported as a spec: it cannot be loaded, traced, or
+    uses an operation a spec cannot express (the message names it and where)."""
 
 
 class TorchNotInstalledError(ConvCalcError):

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from convcalc.errors import Problem, SpecSyntaxError, SpecValidationError
 from convcalc.spec import BLOCK_TYPES, LAYER_TYPES, Network, suggest
 
-__all__ = ["build_network", "load_spec", "parse_yaml", "with_overrides"]
+__all__ = ["build_network", "dump_spec", "load_spec", "parse_yaml", "with_overrides"]
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -98,6 +98,48 @@ def parse_yaml(text: str, source: str) -> Any:
     except yaml.YAMLError as error:
         raise SpecSyntaxError(Problem(f"YAML error: {error}", source)) from None
     return data
+
+
+class _Dumper(yaml.SafeDumper):
+    """Leaf layers on one line each (``- {type: conv2d, ...}``), blocks spread out."""
+
+
+def _represent_mapping(dumper: _Dumper, data: dict[str, Any]) -> yaml.MappingNode:
+    flow = not any(isinstance(value, (list, dict)) and value for value in data.values())
+    flow = flow and "type" in data
+    return dumper.represent_mapping("tag:yaml.org,2002:map", data, flow_style=flow)
+
+
+def _represent_list(dumper: _Dumper, data: list[Any]) -> yaml.SequenceNode:
+    flow = all(isinstance(item, (int, float)) for item in data)  # [3, 224, 224]
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(dict, _represent_mapping)
+_Dumper.add_representer(list, _represent_list)
+_Dumper.add_representer(tuple, lambda dumper, data: _represent_list(dumper, list(data)))
+
+
+def dump_spec(network: Network, header: str = "") -> str:
+    """The spec as YAML that loads back to the same network: fields at their default
+    are left out, leaf layers take one line each. ``header`` is a leading comment."""
+    data = network.model_dump(mode="json", exclude_defaults=True)
+    data = {"name": network.name, **data, "layers": _tidy(data["layers"])}
+    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+    comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    return comment + text
+
+
+def _tidy(node: Any) -> Any:
+    """Layers with ``type`` first, then ``name``; a layer with only a type is its name."""
+    if isinstance(node, list):
+        return [_tidy(item) for item in node]
+    if isinstance(node, dict) and "type" in node:
+        if set(node) == {"type"}:
+            return node["type"]
+        first = {key: node[key] for key in ("type", "name") if key in node}
+        return {**first, **{k: _tidy(v) for k, v in node.items() if k not in first}}
+    return node
 
 
 def _looks_like_path(text: str) -> bool:

@@ -185,7 +185,9 @@ def test_public_api():
     assert sorted(convcalc.__all__) == sorted(
         [
             "ConvCalcError",
+            "DataError",
             "LayerRow",
+            "ModelImportError",
             "Network",
             "Problem",
             "Report",
@@ -196,9 +198,11 @@ def test_public_api():
             "SpecWarning",
             "Totals",
             "TorchNotInstalledError",
+            "TrainingError",
             "__version__",
             "analyze",
             "build_module",
+            "from_torch",
             "load_spec",
         ]
     )

@@ -1,0 +1,268 @@
+"""Models in (``from_torch``, ``convcalc import-torch``) and specs out (``convcalc export``).
+
+torch is the referee: an imported spec has the model's ``sum(p.numel())`` and the MACs
+``FlopCounterMode`` counts; an exported module builds, runs to the calculator's output
+shape, has its parameter count and ``build_module``'s parameter names, and is ruff-clean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+from torch.utils.flop_counter import FlopCounterMode
+
+import convcalc
+from convcalc.cli import cli
+from convcalc.errors import ModelImportError
+from convcalc.export import export_pytorch
+from convcalc.from_torch import from_torch
+from convcalc.layers import Leaf
+
+from . import torchvision_like as models
+from .conftest import SPECS_DIR
+from .test_differential import stage
+
+RUFF = [sys.executable, "-m", "ruff"]
+
+
+def torch_numbers(model: torch.nn.Module, shape: tuple[int, ...]) -> tuple[int, int, tuple]:
+    counter = FlopCounterMode(display=False)
+    model.eval()
+    with counter, torch.no_grad():
+        output = model(torch.zeros(1, *shape))
+    return (
+        sum(p.numel() for p in model.parameters()),
+        counter.get_total_flops() // 2,
+        tuple(output.shape),
+    )
+
+
+@pytest.mark.parametrize(
+    ("factory", "shape"),
+    [
+        (models.resnet_basic, (3, 64, 64)),
+        (models.resnet_bottleneck, (3, 64, 64)),
+        (models.InceptionNet, (3, 32, 32)),
+        (models.MobileNetLike, (3, 32, 32)),
+        (models.Functional, (1, 16, 16)),
+    ],
+    ids=lambda v: getattr(v, "__name__", str(v)),
+)
+def test_imported_spec_counts_what_torch_counts(factory, shape):
+    model = factory()
+    report = convcalc.analyze(from_torch(model, shape))
+    params, macs, output = torch_numbers(model, shape)
+    assert report.totals.params == params
+    assert report.totals.macs == macs
+    assert report.output_shape == output
+
+
+def test_residual_and_concat_blocks_come_from_additions_and_cat():
+    resnet = from_torch(models.resnet_basic(), (3, 64, 64))
+    blocks = [layer for layer in resnet.layers if not isinstance(layer, Leaf)]
+    assert [b.type for b in blocks] == ["residual"] * 4
+    first, downsampling = blocks[0], blocks[2]
+    assert first.name == "layer1.0" and first.shortcut == []  # out += identity
+    assert [layer.name for layer in downsampling.shortcut] == [
+        "layer2.0.downsample.0",
+        "layer2.0.downsample.1",
+    ]
+    assert [layer.name for layer in first.layers][:2] == ["layer1.0.conv1", "layer1.0.bn1"]
+    inception = from_torch(models.InceptionNet(), (3, 32, 32))
+    (concat,) = [layer for layer in inception.layers if layer.type == "concat"]
+    assert concat.name == "mixed" and len(concat.branches) == 4
+    assert concat.branches[3][0].type == "avgpool2d"  # F.avg_pool2d in forward
+    mobile = from_torch(models.MobileNetLike(), (3, 32, 32))
+    residuals = [layer for layer in mobile.layers if layer.type == "residual"]
+    assert [r.name for r in residuals] == ["features.3", "features.5"]  # x + self.conv(x)
+
+
+@st.composite
+def network(draw):
+    return {
+        "input": [3, 16, 16],
+        "layers": draw(st.lists(stage(), min_size=1, max_size=4)),
+    }
+
+
+def totals(report):
+    """The totals, less the path of the largest activation (paths differ by design)."""
+    return dataclasses.replace(report.totals, largest_activation_path=None)
+
+
+def leaf_numbers(report):
+    return [
+        (row.type, row.output_shape, row.params, row.trainable_params, row.macs, row.buffers)
+        for row in report.rows
+        if not row.is_block
+    ]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(network())
+def test_round_trip_spec_module_spec_analyses_identically(spec):
+    note(f"spec={spec}")
+    try:
+        before = convcalc.analyze(spec)
+    except convcalc.ShapeError:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        after = convcalc.analyze(from_torch(convcalc.build_module(spec), spec["input"]))
+    assert leaf_numbers(after) == leaf_numbers(before)
+    assert totals(after) == totals(before)
+    assert after.output_shape == before.output_shape
+    final = [r.receptive_field for r in before.rows if r.depth == 1][-1]
+    assert [r.receptive_field for r in after.rows if r.depth == 1][-1] == final
+
+
+@pytest.mark.parametrize("path", sorted(SPECS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_example_spec_round_trips(path):
+    before = convcalc.analyze(path)
+    after = convcalc.analyze(from_torch(convcalc.build_module(path), before.input_shape[1:]))
+    assert leaf_numbers(after) == leaf_numbers(before)
+    assert totals(after) == totals(before)
+
+
+# -- refusals ------------------------------------------------------------------------------
+
+
+def test_unsupported_op_names_the_op_and_the_line():
+    with pytest.raises(ModelImportError) as caught:
+        from_torch(models.Unsupported(), (3, 16, 16))
+    message = str(caught.value)
+    assert message.startswith(f"{models.__file__}:")
+    assert "mean (an operation convcalc has no layer for) cannot be expressed" in message
+    line = int(message.split(":")[1])
+    source = Path(models.__file__).read_text(encoding="utf-8").splitlines()
+    assert "mean" in source[line - 1]
+
+
+def test_untraceable_model_suggests_the_leaf_option():
+    with pytest.raises(ModelImportError, match="keep it whole with --leaf NAME"):
+        from_torch(models.WithCheckedConv(), (3, 16, 16))
+    spec = from_torch(models.WithCheckedConv(), (3, 16, 16), leaf_modules=["CheckedConv"])
+    assert spec.layers[0].type == "conv2d" and spec.layers[0].name == "conv"
+
+
+def test_shared_weights_are_refused():
+    class Twice(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(self.conv(x))
+
+    with pytest.raises(ModelImportError, match=r"module conv .* is called twice"):
+        from_torch(Twice(), (3, 8, 8))
+
+
+# -- the commands --------------------------------------------------------------------------
+
+
+def test_import_torch_command_writes_a_spec_that_loads(tmp_path):
+    out = tmp_path / "resnet.yaml"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "import-torch",
+            "tests.torchvision_like:resnet_bottleneck",
+            "--input",
+            "3,64,64",
+            "-o",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = convcalc.analyze(out)
+    params, macs, _ = torch_numbers(models.resnet_bottleneck(), (3, 64, 64))
+    assert (report.totals.params, report.totals.macs) == (params, macs)
+    assert out.read_text(encoding="utf-8").startswith(
+        "# Imported by convcalc from tests.torchvision_like:resnet_bottleneck"
+    )
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("tests.nowhere:model", "cannot import 'tests.nowhere': No module named 'tests.nowhere'"),
+        ("tests.torchvision_like:nothing", "'tests.torchvision_like' has no 'nothing'"),
+        ("tests.torchvision_like", "give the model as package.module:factory"),
+        ("tests.torchvision_like:raises", "raises() raised RuntimeError: no weights here"),
+        ("tests.torchvision_like:Untraceable", "torch.fx cannot trace Untraceable"),
+        ("tests.torchvision_like:Unsupported", "mean (an operation convcalc has no layer for)"),
+    ],
+)
+def test_import_torch_errors_are_one_line_and_write_nothing(tmp_path, reference, message):
+    out = tmp_path / "spec.yaml"
+    result = CliRunner().invoke(
+        cli, ["import-torch", reference, "--input", "3,16,16", "-o", str(out)]
+    )
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def load_module(path, name: str):
+    spec = importlib.util.spec_from_file_location(f"exported_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", sorted(SPECS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_exported_module_matches_the_calculator(tmp_path, path):
+    code = tmp_path / f"{path.stem}.py"
+    result = CliRunner().invoke(cli, ["export", str(path), "--to", "pytorch", "-o", str(code)])
+    assert result.exit_code == 0
+    text = code.read_text(encoding="utf-8")
+    assert "import torch\nfrom torch import nn\n" in text
+    assert not any(
+        line.startswith(("import ", "from ")) and "torch" not in line for line in text.splitlines()
+    )  # only torch
+    module = load_module(code, path.stem)
+    classes = [
+        v
+        for v in vars(module).values()
+        if isinstance(v, type)
+        and issubclass(v, torch.nn.Module)
+        and v.__module__ == module.__name__
+    ]
+    assert len(classes) == 1
+    model = classes[0]().eval()
+    report = convcalc.analyze(path)
+    assert sum(p.numel() for p in model.parameters()) == report.totals.params
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == report.totals.trainable_params
+    with torch.no_grad():
+        assert tuple(model(torch.zeros(report.input_shape)).shape) == report.output_shape
+    # build_module's parameter names: weights from `convcalc train` load as they are
+    reference = convcalc.build_module(path)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    model.load_state_dict(reference.state_dict())
+    assert f"Parameters: {report.totals.params:,}" in text
+    lint = subprocess.run(
+        [*RUFF, "check", "--isolated", "--select", "E,F,W,I,B,UP", "--ignore", "E501", str(code)],
+        capture_output=True,
+        text=True,
+    )
+    assert lint.returncode == 0, lint.stdout
+
+
+def test_export_runs_as_a_script(tmp_path):
+    code = tmp_path / "mnist.py"
+    code.write_text(export_pytorch(SPECS_DIR / "mnist_cnn.yaml"), encoding="utf-8")
+    run = subprocess.run([sys.executable, str(code)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "torch.Size([1, 10])"
