@@ -130,8 +130,11 @@ class _Analyzer:
             saved_bytes=saved_bytes,
         )
         self.rows.append(
-            self.make_row(layer, path, depth, flow.shape, out, result.arguments, True, False)
-        )
+            self.make_row(
+                layer, path, depth, flow.shape, out, result.arguments, True, False,
+                explanation=result.explanation,
+            )
+        )  # fmt: skip
         for message in result.warnings:
             self.warn(layer, path, message)
         if not self.in_shortcut:
@@ -245,6 +248,7 @@ class _Analyzer:
         allocates: bool,
         is_block: bool,
         kind: str | None = None,
+        explanation: tuple[str, ...] = (),
     ) -> LayerRow:
         output_bytes = math.prod(flow.shape) * self.itemsize
         if allocates:
@@ -269,6 +273,7 @@ class _Analyzer:
             arguments=arguments,
             is_block=is_block,
             line=layer.line,
+            explanation=explanation,
         )
 
     def check_field(self, layer: LayerModel, path: str, field: ReceptiveField | None) -> None:

@@ -126,19 +126,25 @@ def cli() -> None:
     help="Also estimate the memory of a training step with this optimizer (sgd = with "
     "momentum): weights, gradients, optimizer state and activations saved for backward.",
 )
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Under each layer, its output-size and parameter formulas with its numbers.",
+)
 @_override_options
 def shape(
     spec: str,
     output_format: str,
     depth: int | None,
     optimizer: str | None,
+    explain: bool,
     input_shape: tuple[int, ...] | None,
     batch_size: int | None,
     dtype: str | None,
 ) -> None:
     """Print every layer's output shape, params, MACs and receptive field, and totals."""
     report = analyze(spec, input=input_shape, batch_size=batch_size, dtype=dtype)
-    click.echo(report.render(output_format, depth, optimizer), nl=False)
+    click.echo(report.render(output_format, depth, optimizer, explain), nl=False)
 
 
 @cli.command()

@@ -29,9 +29,11 @@ def render(
     format: str = "table",
     depth: int | None = None,
     optimizer: str | None = None,
+    explain: bool = False,
 ) -> str:
     """``report`` as ``table``, ``markdown``, ``github``, ``csv`` or ``json`` text;
-    with ``optimizer``, the training-memory estimate for it too (not in CSV)."""
+    with ``optimizer``, the training-memory estimate for it too (not in CSV); with
+    ``explain``, each layer's formulas under it (table) or in a column (markdown)."""
     memory = None if optimizer is None else report.training_memory(optimizer)
     if format == "json":
         data = report.to_dict(depth=depth)
@@ -43,7 +45,7 @@ def render(
         return _csv(rows)
     if format not in _TABLE_STYLES:
         raise ValueError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
-    return _table(report, rows, _TABLE_STYLES[format], memory)
+    return _table(report, rows, _TABLE_STYLES[format], memory, explain)
 
 
 def visible_rows(report: Report, depth: int | None) -> list[LayerRow]:
@@ -92,6 +94,10 @@ def _scaled(value: int) -> str:
     return str(value)
 
 
+def _explanation_indent(row: LayerRow) -> str:
+    return " " * (3 * max(0, row.depth - 1) + 4)
+
+
 def _label(row: LayerRow, indent: str = "│  ") -> str:
     """The path (and name), indented as a tree; tabulate would strip plain spaces."""
     prefix = "" if row.depth <= 1 else indent * (row.depth - 2) + "└─ "
@@ -115,7 +121,13 @@ def training_memory_lines(memory: TrainingMemory) -> list[tuple[str, str]]:
     ]
 
 
-def _table(report: Report, rows: list[LayerRow], style: str, memory: TrainingMemory | None) -> str:
+def _table(
+    report: Report,
+    rows: list[LayerRow],
+    style: str,
+    memory: TrainingMemory | None,
+    explain: bool = False,
+) -> str:
     from tabulate import tabulate  # only the table formats need it
 
     body = [
@@ -130,13 +142,30 @@ def _table(report: Report, rows: list[LayerRow], style: str, memory: TrainingMem
         ]
         for row in rows
     ]
+    headers = list(_HEADERS)
+    align = ["left", "left", "left", "left", "right", "right", "left"]
+    if explain and style != "simple":  # markdown: the formulas in a column
+        headers.append("Formulas")
+        align.append("left")
+        for line, row in zip(body, rows):
+            line.append("<br>".join(row.explanation))
     table = tabulate(
         body,
-        headers=_HEADERS,
+        headers=headers,
         tablefmt=style,
-        colalign=("left", "left", "left", "left", "right", "right", "left"),
+        colalign=align,
         disable_numparse=True,
     )
+    if explain and style == "simple":  # the formulas under each layer's line
+        lines = table.splitlines()
+        table = "\n".join(
+            lines[:2]
+            + [
+                text
+                for line, row in zip(lines[2:], rows)
+                for text in [line, *(_explanation_indent(row) + e for e in row.explanation)]
+            ]
+        )
     totals = report.totals
     largest = ""
     if totals.largest_activation_path:

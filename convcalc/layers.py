@@ -10,6 +10,7 @@ Adding a layer kind means one class here, listed in ``LEAF_CLASSES``.
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, ClassVar, Literal
@@ -76,6 +77,9 @@ class LayerResult:
     # residual's shortcut, whose input the body sees in full.
     dropped: str = ""
     skipped: str = ""
+    # How the numbers come about: each output size and the parameters, as formulas with
+    # this layer's numbers substituted (``shape --explain``).
+    explanation: tuple[str, ...] = ()
 
     @property
     def coverage_warnings(self) -> tuple[str, ...]:
@@ -252,6 +256,15 @@ def pool_formula(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool, out: i
     return text
 
 
+def _times(values: Sequence[int]) -> str:
+    return "·".join(map(str, values))
+
+
+def _params_line(weights: Sequence[int], bias: int, total: int) -> str:
+    """``params: (11·11·3/1)·64 + 64 = 23,296``-style line from the weight's factors."""
+    return f"params: {_times(weights)}{f' + {bias}' if bias else ''} = {total:,}"
+
+
 def _too_small(names: tuple[str, ...], outputs: tuple[int, ...], formulas: list[str]) -> None:
     for name, out, formula in zip(names, outputs, formulas):
         if out < 1:
@@ -359,10 +372,26 @@ class Conv(Leaf):
             arguments += " bias=False"
         if self.padding_mode != "zeros":
             arguments += f" {self.padding_mode}"
+        explanation = [
+            f"{name}: {conv_formula(n, k, s, pl, pr, d, o)}"
+            + (f" (padding 'same': {pl} before, {pr} after)" if self.padding == "same" else "")
+            for name, n, k, s, (pl, pr), d, o in zip(
+                names, spatial, kernel, stride, pads, dilation, output
+            )
+        ]
+        weight = f"({_times(kernel)}·{channels}/{self.groups})·{self.out_channels}"
+        explanation.append(
+            f"params: {weight}{f' + {self.out_channels}' if self.bias else ''} = {params:,}"
+        )
+        explanation.append(
+            f"MACs: {batch}·{self.out_channels}·{_times(output)}·({_times(kernel)}·{channels}"
+            f"/{self.groups}) = {macs:,}"
+        )
         return LayerResult(
             output_shape=(batch, self.out_channels, *output),
             params=params,
             macs=macs,
+            explanation=tuple(explanation),
             windows=tuple(
                 Window(effective_kernel(k, d), s, p)
                 for k, s, p, d in zip(kernel, stride, left, dilation)
@@ -479,12 +508,28 @@ class ConvTranspose(Leaf):
             )
             for k, s, p, d in zip(kernel, stride, padding, dilation)
         )
+        explanation = [
+            f"{name}: ({n} − 1)·{s} − 2·{p} + {d}·({k}−1) + {op} + 1 = {o}"
+            for name, n, k, s, p, op, d, o in zip(
+                SPATIAL_NAMES[dims], spatial, kernel, stride, padding, output_padding,
+                dilation, output,
+            )
+        ]  # fmt: skip
+        weight = f"{channels}·({self.out_channels}/{self.groups})·{_times(kernel)}"
+        explanation.append(
+            f"params: {weight}{f' + {self.out_channels}' if self.bias else ''} = {params:,}"
+        )
+        explanation.append(
+            f"MACs: {batch}·{channels}·{_times(spatial)}·({self.out_channels}/{self.groups})"
+            f"·{_times(kernel)} = {macs:,} (every input pixel times every tap)"
+        )
         return LayerResult(
             output_shape=(batch, self.out_channels, *output),
             params=params,
             macs=macs,
             windows=windows,
             arguments=arguments,
+            explanation=tuple(explanation),
         )
 
 
@@ -542,6 +587,12 @@ class _Pool(Leaf):
             arguments += " ceil"
         return LayerResult(
             output_shape=(batch, channels, *output),
+            explanation=tuple(
+                f"{name}: {pool_formula(n, k, s, p, d, self.ceil_mode, o)}"
+                for name, n, k, s, p, d, o in zip(
+                    SPATIAL_NAMES[dims], spatial, kernel, stride, padding, dilation, output
+                )
+            ),
             windows=tuple(
                 Window(effective_kernel(k, d), s, p)
                 for k, s, p, d in zip(kernel, stride, padding, dilation)
@@ -658,10 +709,20 @@ class AdaptivePool(Leaf):
                     end - start for start, end in (adaptive_window(n, o, i) for i in range(o))
                 )
                 windows.append(Window(widest, Fraction(n, o), 0))
+        explanation = []
+        for name, n, o in zip(SPATIAL_NAMES[dims], spatial, output):
+            widths = sorted(
+                {end - start for start, end in (adaptive_window(n, o, i) for i in range(o))}
+            )
+            explanation.append(
+                f"{name}: {o} (output_size); window i covers ⌊i·{n}/{o}⌋ … ⌈(i+1)·{n}/{o}⌉ − 1, "
+                f"{' or '.join(map(str, widths))} wide"
+            )
         return LayerResult(
             output_shape=(batch, channels, *output),
             windows=tuple(windows),
             arguments=f"out={'×'.join(map(str, output))}",
+            explanation=tuple(explanation),
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
@@ -710,10 +771,25 @@ class BatchNorm(Leaf):
             buffers=2 * channels + 1 if self.track_running_stats else 0,
             arguments="" if self.affine else "affine=False",
             warnings=warnings,
+            explanation=_norm_explanation(channels, self.affine, self.track_running_stats),
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
         return Saved("input", 2 * input_shape[1] * _stat_bytes(itemsize))  # mean, 1/std
+
+
+def _norm_explanation(channels: int, affine: bool, running: bool) -> tuple[str, ...]:
+    lines = [
+        f"params: 2·{channels} = {2 * channels:,} (a scale and a shift per channel)"
+        if affine
+        else "params: 0 (affine: false)"
+    ]
+    if running:
+        lines.append(
+            f"buffers: 2·{channels} + 1 = {2 * channels + 1:,} (running mean and variance, "
+            f"and the batch count)"
+        )
+    return tuple(lines)
 
 
 class InstanceNorm(Leaf):
@@ -749,6 +825,7 @@ class InstanceNorm(Leaf):
             buffers=2 * channels + 1 if self.track_running_stats else 0,
             arguments="affine" if self.affine else "",
             warnings=warnings,
+            explanation=_norm_explanation(channels, self.affine, self.track_running_stats),
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
@@ -789,6 +866,7 @@ class GroupNorm(Leaf):
             output_shape=input_shape,
             params=2 * channels if self.affine else 0,
             arguments=f"groups={self.num_groups}",
+            explanation=_norm_explanation(channels, self.affine, False),
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
@@ -823,8 +901,17 @@ class LayerNorm(Leaf):
         params = 0
         if self.elementwise_affine:
             params = 2 * size if self.bias else size
+        which = "a weight and a bias" if self.bias else "a weight"
+        explanation = (
+            f"params: {params // size}·{_times(normalized)} = {params:,} ({which} per element)"
+            if params
+            else "params: 0 (elementwise_affine: false)",
+        )
         return LayerResult(
-            output_shape=input_shape, params=params, arguments=f"over {list(normalized)}"
+            output_shape=input_shape,
+            params=params,
+            arguments=f"over {list(normalized)}",
+            explanation=explanation,
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
@@ -1019,9 +1106,11 @@ class Flatten(Leaf):
             )
         merged = math.prod(input_shape[start : end + 1])
         output = (*input_shape[:start], merged, *input_shape[end + 1 :])
+        merged_dims = input_shape[start : end + 1]
         return LayerResult(
             output_shape=output,
             windows=SpatialMap.POINTWISE if start == end else SpatialMap.DENSE,
+            explanation=(f"dimensions {start}–{end}: {_times(merged_dims)} = {merged:,}",),
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
@@ -1052,12 +1141,19 @@ class Linear(Leaf):
             )
         params = features * self.out_features + (self.out_features if self.bias else 0)
         rows = math.prod(input_shape[:-1])
+        macs = rows * features * self.out_features
         return LayerResult(
             output_shape=(*input_shape[:-1], self.out_features),
             params=params,
-            macs=rows * features * self.out_features,
+            macs=macs,
             windows=SpatialMap.DENSE,
             arguments=f"{features}→{self.out_features}" + ("" if self.bias else " bias=False"),
+            explanation=(
+                _params_line(
+                    [features, self.out_features], self.out_features if self.bias else 0, params
+                ),
+                f"MACs: {rows}·{features}·{self.out_features} = {macs:,}",
+            ),
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
@@ -1136,10 +1232,20 @@ class Upsample(Leaf):
             )
             scales = tuple(Fraction(f).limit_denominator(10_000) for f in factors)
             arguments = f"×{_fmt(tuple(f'{f:g}' for f in factors))} {self.mode}"
+        if self.size is not None:
+            explanation = tuple(
+                f"{name}: {o} (size)" for name, o in zip(SPATIAL_NAMES[dims], output)
+            )
+        else:
+            explanation = tuple(
+                f"{name}: ⌊{n} · {f:g}⌋ = {o}"
+                for name, n, f, o in zip(SPATIAL_NAMES[dims], spatial, factors, output)
+            )
         return LayerResult(
             output_shape=(batch, channels, *output),
             windows=tuple(self._window(scale) for scale in scales),
             arguments=arguments,
+            explanation=explanation,
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
@@ -1195,6 +1301,10 @@ class ZeroPad(Leaf):
         )
         return LayerResult(
             output_shape=(batch, channels, *output),
+            explanation=tuple(
+                f"{name}: {n} + {a} + {b} = {o}"
+                for name, n, (a, b), o in zip(SPATIAL_NAMES[self.dims], spatial, pads, output)
+            ),
             windows=tuple(Window(1, 1, a) for a, _ in pads),
             arguments=f"p={list(per_dim(self.padding, 2 * self.dims))}",
         )

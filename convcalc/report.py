@@ -46,6 +46,7 @@ class LayerRow:
     output_bytes: int
     receptive_field: ReceptiveField | None
     saved_bytes: int = 0  # activations autograd keeps for backward, first kept here
+    explanation: tuple[str, ...] = ()  # the formulas behind the numbers (shape --explain)
     arguments: str = ""
     is_block: bool = False
     line: int | None = None
@@ -73,6 +74,7 @@ class LayerRow:
             else self.receptive_field.to_dict(),
             "arguments": self.arguments,
             "is_block": self.is_block,
+            "explanation": list(self.explanation),
         }
 
 
@@ -231,13 +233,18 @@ class Report:
         }
 
     def render(
-        self, format: str = "table", depth: int | None = None, optimizer: str | None = None
+        self,
+        format: str = "table",
+        depth: int | None = None,
+        optimizer: str | None = None,
+        explain: bool = False,
     ) -> str:
         """The report as text: table, markdown, github, csv or json; with ``optimizer``
-        (sgd, adam, adamw) the training-memory estimate too."""
+        (sgd, adam, adamw) the training-memory estimate too; with ``explain`` each
+        layer's formulas."""
         from convcalc.formatting import render
 
-        return render(self, format, depth, optimizer)
+        return render(self, format, depth, optimizer, explain)
 
     def __str__(self) -> str:
         return self.render()
