@@ -430,7 +430,9 @@ def _measure_once(torch: Any, module: Any, network: Network, path: str) -> Recep
         return None  # touches the border: possibly clipped, try a larger input
     size, stride, padding = [], [], []
     for d in range(dims):
-        if out_spatial[d] == 1:
+        if out_spatial[d] < 4:
+            # the units measured must be interior: an edge unit's window can lie partly on
+            # padding that earlier layers added, which no input pixel reaches
             return None
         neighbour = list(middle)
         neighbour[d] += 1 if middle[d] + 1 < out_spatial[d] else -1

@@ -304,3 +304,24 @@ REGRESSIONS = [
 @pytest.mark.parametrize(("spec", "shape"), REGRESSIONS, ids=lambda v: str(v))
 def test_regressions(spec, shape):
     compare_with_torch(spec, shape)
+
+
+# Networks hypothesis found once, kept as plain regression cases.
+NETWORK_REGRESSIONS = [
+    # the output's edge unit sees padding added by the 1×1 convs: measured interior units only
+    [
+        {"type": "maxpool2d", "kernel_size": 2},
+        {"type": "conv2d", "out_channels": 1, "kernel_size": 1, "padding": 2},
+        {"type": "conv2d", "out_channels": 1, "kernel_size": 1, "stride": 2, "padding": 1},
+        {"type": "conv2d", "out_channels": 1, "kernel_size": 3, "stride": 2},
+        {"type": "maxpool2d", "kernel_size": 2},
+    ],
+]
+
+
+@pytest.mark.parametrize("layers", NETWORK_REGRESSIONS, ids=lambda v: f"{len(v)} layers")
+def test_network_regressions(layers):
+    from convcalc.verify import verify
+
+    report = verify({"input": [3, 24, 24], "layers": layers})
+    assert report.ok, report.first_difference()
