@@ -405,6 +405,41 @@ def export_command(spec: str, target: str, output: str | None, class_name: str |
     _emit(export_pytorch(spec, class_name), output)
 
 
+@cli.command()
+@_spec_argument
+@click.option(
+    "--image", required=True, help="A PNG or JPEG file, or digits:N (scikit-learn's digit N)."
+)
+@click.option("--weights", type=click.Path(dir_okay=False), help="A model.pt from convcalc train.")
+@click.option("--layers", help="Comma-separated layer names or paths [default: every conv].")
+@click.option(
+    "--filters",
+    help="Hand-made filters for the first conv2d: edges, sobel, blur, or FILE.npy.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="For the other weights.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="maps.png")
+def maps(
+    spec: str,
+    image: str,
+    weights: str | None,
+    layers: str | None,
+    filters: str | None,
+    seed: int,
+    output: str,
+) -> None:
+    """Draw an image's activation maps through the spec's layers (and the first filters)."""
+    from convcalc.maps import activation_maps
+
+    chosen = [name.strip() for name in layers.split(",") if name.strip()] if layers else None
+    result = activation_maps(
+        spec, image, weights=weights, layers=chosen, filters=filters, seed=seed
+    )
+    for note in result.notes:
+        click.echo(note, err=True)
+    result.save(output)
+    click.echo(f"wrote {output}", err=True)
+
+
 @cli.command(name="compare")
 @click.argument("spec_a", type=click.Path(exists=True, dir_okay=False, readable=True))
 @click.argument("spec_b", type=click.Path(exists=True, dir_okay=False, readable=True))

@@ -11,6 +11,7 @@ Every error the library raises on purpose derives from one base, so a caller
     ├── DataError                training data that is missing, unreadable or does not fit
     ├── TrainingError            training cannot start or go on (NaN loss, no CUDA, resume)
     ├── ModelImportError         a PyTorch model that cannot be imported as a spec
+    ├── MapsError                an image, filters, layer or weights `maps` cannot use
     └── TorchNotInstalledError   a command needs PyTorch and it is not installed
 
 Low-level code (the layer models and formulas) raises plain ``ValueError`` with a
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 __all__ = [
     "ConvCalcError",
     "DataError",
+    "MapsError",
     "ModelImportError",
     "Problem",
     "ShapeError",
@@ -99,6 +101,10 @@ class TrainingError(ConvCalcError):
 class ModelImportError(ConvCalcError):
     """A PyTorch model that cannot be imported as a spec: it cannot be loaded, traced, or
     uses an operation a spec cannot express (the message names it and where)."""
+
+
+class MapsError(ConvCalcError):
+    """An image, a filter array, a layer name or weights that ``convcalc maps`` cannot use."""
 
 
 class TorchNotInstalledError(ConvCalcError):
