@@ -535,6 +535,11 @@ def sizes(spec: str, sizes: int | range | None, output_format: str) -> None:
     default=None,
     help="Show a progress bar per epoch [default: when stderr is a terminal].",
 )
+@click.option(
+    "--tensorboard",
+    type=click.Path(file_okay=False),
+    help="Write TensorBoard event files here: loss, accuracy, learning rate, first filters.",
+)
 def train(
     spec: str,
     data: str | None,
@@ -548,6 +553,7 @@ def train(
     out: str | None,
     resume: str | None,
     progress: bool | None,
+    tensorboard: str | None,
 ) -> None:
     """Train the spec in PyTorch on real data; compare speed and memory with the estimates."""
     from convcalc.training import Interrupted, train
@@ -567,6 +573,7 @@ def train(
             resume=resume,
             progress=progress,
             echo=click.echo,
+            tensorboard=tensorboard,
         )
     except Interrupted as stop:
         if stop.epochs_done:

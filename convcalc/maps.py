@@ -263,7 +263,8 @@ def _draw(maps: ActivationMaps, path: Path) -> None:
     image = maps.image
     picture = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
     size = "×".join(map(str, image.shape[1:]))
-    sections.append((f"input: {size}, {image.shape[0]} channel(s)", [picture], "gray"))
+    channels = "1 channel" if image.shape[0] == 1 else f"{image.shape[0]} channels"
+    sections.append((f"input: {size}, {channels}", [picture], "gray"))
     if maps.filters is not None:
         row, weight = maps.filters
         tiles = [w[0] if w.shape[0] == 1 else _to_rgb(w) for w in weight[:MAX_MAPS]]

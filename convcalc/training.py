@@ -124,13 +124,16 @@ def train(
     progress: bool | None = None,
     echo: Callable[[str], None] | None = None,
     on_epoch_end: Callable[[EpochMetrics], None] | None = None,
+    tensorboard: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train ``spec`` on ``data`` (``digits``, ``PATH.npz`` or ``mnist:DIR``).
 
     Options left as None take their defaults (see ``Settings``), or with ``resume``
     (a run directory) the saved run's, and ``epochs`` may then extend it. ``progress``
     shows a tqdm bar (default: when stderr is a terminal); ``echo`` receives each
-    line the run reports (default: print).
+    line the run reports (default: print); ``tensorboard`` is a directory for
+    TensorBoard event files (loss and learning rate per step, metrics per epoch, the
+    first layer's filters as images).
     """
     given = {
         "data": data,
@@ -142,7 +145,7 @@ def train(
         "device": device,
         "validation": validation,
     }
-    run = _Run(spec, given, out, resume, progress, echo, on_epoch_end)
+    run = _Run(spec, given, out, resume, progress, echo, on_epoch_end, tensorboard)
     try:
         return run.run()
     except KeyboardInterrupt:
@@ -159,8 +162,11 @@ class _Run:
         progress: bool | None,
         echo: Callable[[str], None] | None,
         on_epoch_end: Callable[[EpochMetrics], None] | None,
+        tensorboard: Any = None,
     ) -> None:
         self.torch = import_torch()
+        self.tensorboard_dir = None if tensorboard is None else Path(tensorboard)
+        self.board: Any = None  # the SummaryWriter, on rank 0 while training
         self.network = load_spec(spec)
         self.spec_text = _spec_text(spec, self.network)
         self.resume = Path(resume) if resume is not None else None
@@ -336,6 +342,8 @@ class _Run:
         peak = baseline
         train_seconds = 0.0
         train_samples = 0
+        self.board = self._summary_writer()
+        self.step = start_epoch * math.ceil(len(train_idx) / self.world / settings.batch_size)
         try:
             for epoch in range(start_epoch + 1, settings.epochs + 1):
                 began = time.perf_counter()
@@ -364,10 +372,13 @@ class _Run:
                     f"epoch {epoch}/{settings.epochs}: train loss {loss:.4f}, val loss "
                     f"{val_loss:.4f}, val accuracy {accuracy:.2%} ({metrics.seconds:.1f} s)"
                 )
+                self._board_epoch(metrics, model, optimizer)
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(metrics)
         finally:
             self._plot()
+            if self.board is not None:
+                self.board.close()
 
         result.samples_per_second = train_samples / train_seconds
         result.gflops_per_second = (
@@ -495,6 +506,10 @@ class _Run:
                 peak = max(peak, self._memory_now())
                 loss_sum += value * len(chosen)
                 samples += len(chosen)
+                self.step += 1
+                if self.board is not None:
+                    self.board.add_scalar("train/loss", value, self.step)
+                    self.board.add_scalar("train/lr", optimizer.param_groups[0]["lr"], self.step)
                 if bar is not None:
                     bar.update(len(chosen) * self.world)
                     bar.set_postfix(loss=f"{loss_sum / samples:.4f}", refresh=False)
@@ -512,6 +527,40 @@ class _Run:
         tensor = self.torch.tensor(values, dtype=self.torch.float64)
         dist.all_reduce(tensor)
         return [float(v) for v in tensor.tolist()]
+
+    def _summary_writer(self) -> Any:
+        if self.tensorboard_dir is None or self.rank != 0:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise TrainingError(
+                "--tensorboard needs the tensorboard package: pip install 'convcalc[tensorboard]'"
+            ) from None
+        return SummaryWriter(log_dir=str(self.tensorboard_dir))
+
+    def _board_epoch(self, metrics: EpochMetrics, model: Any, optimizer: Any) -> None:
+        """An epoch's metrics, and the first layer's filters as images."""
+        board = self.board
+        if board is None:
+            return
+        epoch = metrics.epoch
+        board.add_scalar("epoch/train_loss", metrics.train_loss, epoch)
+        board.add_scalar("epoch/val_loss", metrics.val_loss, epoch)
+        board.add_scalar("epoch/val_accuracy", metrics.val_accuracy, epoch)
+        board.add_scalar("epoch/lr", optimizer.param_groups[0]["lr"], epoch)
+        first = next(
+            ((n, m) for n, m in model.named_modules() if type(m).__name__ == "Conv2d"), None
+        )
+        if first is not None:
+            name, conv = first
+            weight = conv.weight.detach().float().cpu()
+            if weight.shape[1] != 3:
+                weight = weight.mean(dim=1, keepdim=True)  # one grey image per filter
+            low = weight.amin(dim=(1, 2, 3), keepdim=True)
+            high = weight.amax(dim=(1, 2, 3), keepdim=True)
+            board.add_images(f"filters/{name}", (weight - low) / (high - low + 1e-12), epoch)
+        board.flush()
 
     def _bar(self, epoch: int, total: int) -> Any:
         if self.rank != 0 or not self.progress:

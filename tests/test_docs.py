@@ -45,7 +45,7 @@ def test_readme_spec_is_the_shipped_spec():
     block = _yaml_blocks(ROOT / "README.md")[0]
     shipped = (ROOT / "specs" / "mnist_cnn.yaml").read_text(encoding="utf-8")
     assert block.replace("# specs/mnist_cnn.yaml\n", "") in shipped
-    assert "pip install -c constraints.txt -e '.[dev,train]'" in readme
+    assert "pip install -c constraints.txt -e '.[dev,train,tensorboard]'" in readme
 
 
 def test_readme_error_example_is_real(write_spec):
@@ -131,3 +131,26 @@ def test_readme_design_examples_are_real(command, monkeypatch):
     assert shown, f"the README does not show {command}"
     result = CliRunner().invoke(cli, command.split()[1:])
     assert result.stdout == shown.group(1)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "convcalc shape specs/alexnet.yaml --explain --depth 2",
+        "convcalc maps specs/edge_filters.yaml --image digits:0 --filters edges --layers "
+        "conv1,relu1 -o maps.png",
+    ],
+)
+def test_readme_excerpts_are_real(command, monkeypatch, tmp_path):
+    """Examples shown in part (with ...): every line shown is a line the command prints."""
+    monkeypatch.chdir(ROOT)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = re.search(re.escape(f"$ {command}\n") + r"(.*?)```", readme, flags=re.S)
+    assert shown, f"the README does not show {command}"
+    arguments = [a if a != "maps.png" else str(tmp_path / "maps.png") for a in command.split()[1:]]
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 0
+    printed = (result.stdout + result.stderr).replace(str(tmp_path / "maps.png"), "maps.png")
+    for line in shown.group(1).splitlines():
+        if line != "...":
+            assert line in printed.splitlines(), line

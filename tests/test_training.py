@@ -483,3 +483,30 @@ def test_settings_round_trip_through_metrics(tiny, npz, tmp_path):
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
     assert saved["settings"] == dataclasses.asdict(result.settings)
     shutil.rmtree(tmp_path / "run")
+
+
+def test_tensorboard_event_files_hold_the_run(tiny, npz, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = tmp_path / "board"
+    result = quiet_train(tiny, npz, out=tmp_path / "run", epochs=2, tensorboard=board)
+    events = EventAccumulator(str(board), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {
+        "train/loss",
+        "train/lr",
+        "epoch/train_loss",
+        "epoch/val_loss",
+        "epoch/val_accuracy",
+        "epoch/lr",
+    } <= set(tags["scalars"])
+    accuracy = [e.value for e in events.Scalars("epoch/val_accuracy")]
+    assert accuracy == pytest.approx([e.val_accuracy for e in result.epochs])
+    steps = events.Scalars("train/loss")
+    assert [s.step for s in steps] == list(range(1, len(steps) + 1))
+    assert len(steps) == 2 * 2  # 96 training samples in batches of 64, two epochs
+    assert [s.value for s in events.Scalars("train/lr")] == pytest.approx([0.05] * 4)
+    (images,) = [t for t in tags["images"] if t.startswith("filters/")]
+    assert images.startswith("filters/layers.0")
+    assert [e.step for e in events.Images(images)] == [1, 2]
