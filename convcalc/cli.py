@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -80,12 +81,8 @@ class _RangeParam(click.ParamType):  # type: ignore[type-arg,unused-ignore]
 _spec_argument = click.argument("spec", type=click.Path(exists=True, dir_okay=False, readable=True))
 
 
-def _override_options(function: Any) -> Any:
-    function = click.option(
-        "--dtype",
-        type=click.Choice(list(DTYPE_BYTES)),
-        help="Element type for memory figures (default: the spec's, else float32).",
-    )(function)
+def _shape_options(function: Any) -> Any:
+    """``--input`` and ``--batch-size``: override the spec's."""
     function = click.option(
         "--batch-size", type=click.IntRange(min=1), help="Override the spec's batch size."
     )(function)
@@ -98,6 +95,29 @@ def _override_options(function: Any) -> Any:
     return function
 
 
+def _override_options(function: Any) -> Any:
+    """``--input``, ``--batch-size`` and ``--dtype``."""
+    function = click.option(
+        "--dtype",
+        type=click.Choice(list(DTYPE_BYTES)),
+        help="Element type for memory figures (default: the spec's, else float32).",
+    )(function)
+    return _shape_options(function)
+
+
+def _format_option(*choices: str, help: str | None = None) -> Callable[[Any], Any]:
+    """``--format/-f`` among ``choices``, the first the default."""
+    return click.option(
+        "--format",
+        "-f",
+        "output_format",
+        type=click.Choice(list(choices)),
+        default=choices[0],
+        show_default=True,
+        help=help,
+    )
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="convcalc")
 def cli() -> None:
@@ -106,15 +126,7 @@ def cli() -> None:
 
 @cli.command()
 @_spec_argument
-@click.option(
-    "--format",
-    "-f",
-    "output_format",
-    type=click.Choice(_FORMATS),
-    default="table",
-    show_default=True,
-    help="table, markdown or github for people; csv or json for programs.",
-)
+@_format_option(*_FORMATS, help="table, markdown or github for people; csv or json for programs.")
 @click.option(
     "--depth",
     type=click.IntRange(min=1),
@@ -182,16 +194,8 @@ def check(
     is_flag=True,
     help="Measure the receptive field of every spatial layer, not only the last one.",
 )
-@click.option(
-    "--format",
-    "-f",
-    "output_format",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-)
-@click.option("--input", "input_shape", type=_ShapeParam(), help="Override the input shape.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Override the batch size.")
+@_format_option("table", "json")
+@_shape_options
 def verify(
     spec: str,
     device: str,
@@ -242,14 +246,7 @@ def verify(
     type=_RangeParam(low=0),
     help="Transposed convolution: output_padding, or a range [default: all that torch allows].",
 )
-@click.option(
-    "--format",
-    "-f",
-    "output_format",
-    type=click.Choice(["table", "markdown", "json"]),
-    default="table",
-    show_default=True,
-)
+@_format_option("table", "markdown", "json")
 def solve(
     input_size: int,
     output_size: int,
@@ -321,8 +318,7 @@ def schema(output: str | None) -> None:
     type=click.IntRange(min=1),
     help="Draw blocks at this nesting depth (1 = top level) as one box each.",
 )
-@click.option("--input", "input_shape", type=_ShapeParam(), help="Override the input shape.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Override the batch size.")
+@_shape_options
 def draw(
     spec: str,
     output: str,
@@ -443,15 +439,7 @@ def maps(
 @cli.command(name="compare")
 @click.argument("spec_a", type=click.Path(exists=True, dir_okay=False, readable=True))
 @click.argument("spec_b", type=click.Path(exists=True, dir_okay=False, readable=True))
-@click.option(
-    "--format",
-    "-f",
-    "output_format",
-    type=click.Choice(["table", "markdown", "json"]),
-    default="table",
-    show_default=True,
-    help="markdown pastes into a pull request.",
-)
+@_format_option("table", "markdown", "json", help="markdown pastes into a pull request.")
 @_override_options
 def compare_command(
     spec_a: str,
@@ -476,14 +464,7 @@ def compare_command(
     type=_RangeParam(),
     help="Candidate sizes A:B, both included [default: 1 to 1024, or the spec's size].",
 )
-@click.option(
-    "--format",
-    "-f",
-    "output_format",
-    type=click.Choice(["table", "markdown", "json"]),
-    default="table",
-    show_default=True,
-)
+@_format_option("table", "markdown", "json")
 def sizes(spec: str, sizes: int | range | None, output_format: str) -> None:
     """Which input sizes pass through the whole network without an error or dropped pixels.
 

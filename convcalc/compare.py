@@ -53,8 +53,8 @@ class Comparison:
             other = b_by_key.get(_key(row))
             if other is not None:
                 used.add(_key(row))
-            pairs.append((_label(row), row, other))
-        pairs += [(_label(row), None, row) for row in b_rows if _key(row) not in used]
+            pairs.append((row.label, row, other))
+        pairs += [(row.label, None, row) for row in b_rows if _key(row) not in used]
         return pairs
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,10 +204,6 @@ def _spec_label(spec: Spec, report: Report) -> str:
 def _key(row: LayerRow) -> str:
     """Named layers pair by name; others by path and type."""
     return f"name:{row.name}" if row.name else f"path:{row.path}:{row.type}"
-
-
-def _label(row: LayerRow) -> str:
-    return f"{row.path} ({row.name})" if row.name else row.path
 
 
 def _shape(row: LayerRow | None) -> str:

@@ -25,7 +25,7 @@ from convcalc.formatting import MACS_NOTE, field_text, shape_text
 from convcalc.layers import Leaf
 from convcalc.loader import load_spec, with_overrides
 from convcalc.report import LayerRow, Report
-from convcalc.spec import Block, LayerSpec, Network, Repeat
+from convcalc.spec import Block, LayerSpec, Network
 
 __all__ = ["draw", "html_table", "svg_picture"]
 
@@ -258,8 +258,6 @@ class _Drawer:
             return [self.merge([self.sequence(layers, p) for p, layers in chains], "©")]
         items: list[_Item] = []
         for prefix, layers in chains:  # sequential, and the copies of a repeat
-            if isinstance(block, Repeat) and len(block.layers) == 1:
-                return self.sequence(layers, prefix)
             items += self.sequence(layers, prefix)
         return items
 

@@ -23,12 +23,11 @@ from convcalc.layers import Leaf
 from convcalc.loader import load_spec
 from convcalc.report import Report
 from convcalc.spec import Block, Concat, LayerSpec, Network, Repeat, Residual, Sequential
-from convcalc.torch_bridge import torch_arguments
+from convcalc.torch_bridge import INFERRED_FIELDS, torch_arguments
 
 __all__ = ["export_pytorch"]
 
 INDENT = "    "
-_INFERRED_FIRST = ("in_channels", "in_features", "num_features", "num_channels", "normalized_shape")
 
 
 def export_pytorch(
@@ -129,7 +128,7 @@ class _Writer:
             self.frozen.append(f"{_access('self.layers', path)}.requires_grad_(False)")
         if isinstance(layer, Leaf):
             arguments = torch_arguments(layer, self.rows[path].input_shape)
-            inferred = [key for key in arguments if key in _INFERRED_FIRST]
+            inferred = [key for key in arguments if key in INFERRED_FIELDS]
             order = inferred + [key for key in arguments if key not in inferred]
             text = ", ".join(f"{key}={_literal(arguments[key])}" for key in order)
             comment = f"  # {layer.name}" if layer.name else ""
@@ -182,7 +181,7 @@ class _Writer:
             item = f"{expression}[{index}]"
             row = self.rows[path]
             if isinstance(layer, Leaf):
-                lines.append(f"{pad}{value} = {item}({value})  # {_label(row)} → "
+                lines.append(f"{pad}{value} = {item}({value})  # {row.label} → "
                              f"{shape_text(row.output_shape)}")  # fmt: skip
             else:
                 lines += self.forward_block(layer, item, path, value, depth)
@@ -208,7 +207,7 @@ class _Writer:
             return lines
         self.names += 1
         branch = f"branch{self.names}"
-        lines = [f"{pad}# {_label(row)}: {block.type} → {shape_text(row.output_shape)}"]
+        lines = [f"{pad}# {row.label}: {block.type} → {shape_text(row.output_shape)}"]
         if isinstance(block, Residual):
             lines.append(f"{pad}{branch} = {value}")
             lines += self.forward_sequence(
@@ -239,10 +238,6 @@ def _access(root: str, path: str) -> str:
     for part in parts:
         text += f"[{part}]" if part.isdigit() else f'["{part}"]'
     return text
-
-
-def _label(row: Any) -> str:
-    return f"{row.path} ({row.name})" if row.name else row.path
 
 
 def _comma(item: str) -> str:

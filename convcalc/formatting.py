@@ -101,8 +101,7 @@ def _explanation_indent(row: LayerRow) -> str:
 def _label(row: LayerRow, indent: str = "│  ") -> str:
     """The path (and name), indented as a tree; tabulate would strip plain spaces."""
     prefix = "" if row.depth <= 1 else indent * (row.depth - 2) + "└─ "
-    name = f" ({row.name})" if row.name else ""
-    return f"{prefix}{row.path}{name}"
+    return prefix + row.label
 
 
 def training_memory_lines(memory: TrainingMemory) -> list[tuple[str, str]]:

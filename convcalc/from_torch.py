@@ -23,14 +23,9 @@ from convcalc.errors import ModelImportError
 from convcalc.layers import Leaf
 from convcalc.loader import build_network
 from convcalc.spec import LAYER_TYPES, Network
-from convcalc.torch_bridge import import_torch
+from convcalc.torch_bridge import INFERRED_FIELDS, SPEC_ONLY_FIELDS, import_torch
 
 __all__ = ["from_torch", "load_factory"]
-
-
-# Arguments convcalc infers from the incoming shape: left out of imported specs.
-_INFERRED = {"in_channels", "in_features", "num_features", "num_channels", "normalized_shape"}
-_SPEC_ONLY = {"type", "name", "trainable", "line"}
 
 
 def load_factory(reference: str) -> Callable[[], Any]:
@@ -273,7 +268,8 @@ class _Importer:
         cls = LAYER_TYPES[kind]
         layer: dict[str, Any] = {"type": kind, "name": node.target}
         for field in cls.model_fields:
-            if field in _SPEC_ONLY or field in _INFERRED or not hasattr(module, field):
+            # sizes convcalc infers from the incoming shape are left out
+            if field in SPEC_ONLY_FIELDS or field in INFERRED_FIELDS or not hasattr(module, field):
                 continue
             value = getattr(module, field)
             if field == "bias" and not isinstance(value, bool):
@@ -282,13 +278,13 @@ class _Importer:
         params = list(module.parameters())
         if params and not any(p.requires_grad for p in params):
             layer["trainable"] = False
-        return self._minimal(layer, node)
+        return self._checked(layer, node)
 
     def function_layer(self, node: Any) -> Any:
         spec = self._functional(node)
         if spec is None:
             raise self.unsupported(node, "an operation convcalc has no layer for")
-        return self._minimal(spec, node)
+        return self._checked(spec, node)
 
     def _functional(self, node: Any) -> dict[str, Any] | None:
         target = node.target
@@ -361,23 +357,15 @@ class _Importer:
             return {"type": "flatten", "start_dim": start, "end_dim": end - len(before)}
         return None
 
-    def _minimal(self, layer: dict[str, Any], node: Any) -> Any:
-        """The layer with only the fields that differ from the defaults, checked."""
-        cls = LAYER_TYPES[layer["type"]]
+    def _checked(self, layer: dict[str, Any], node: Any) -> Any:
+        """The layer as its model (the YAML dump leaves out fields at their default)."""
         try:
-            model = cls.model_validate(layer)
+            return LAYER_TYPES[layer["type"]].model_validate(layer)
         except Exception as error:
             raise ModelImportError(
                 f"{self._where(node)}: {node.name} maps to a {layer['type']} layer that "
                 f"convcalc refuses: {_first_line(error)}"
             ) from None
-        kept = model.model_dump(mode="json", exclude_defaults=True)
-        kept.pop("line", None)
-        ordered = {
-            "type": kept.pop("type"),
-            **({"name": kept.pop("name")} if "name" in kept else {}),
-        }
-        return {**ordered, **kept} if len(kept) or "name" in ordered else ordered["type"]
 
     # -- helpers ---------------------------------------------------------------------
 

@@ -88,7 +88,7 @@ def activation_maps(
             conv.weight.copy_(torch.from_numpy(weight))
             if conv.bias is not None:
                 conv.bias.zero_()
-        notes.append(f"{_label(first_conv)}: {filters} filters; other layers from seed {seed}")
+        notes.append(f"{first_conv.label}: {filters} filters; other layers from seed {seed}")
     outputs: dict[str, Any] = {}
     hooks = [
         model.get_submodule(row.path).register_forward_hook(
@@ -118,7 +118,7 @@ def hand_made_filters(kind: str, shape: tuple[int, ...], row: LayerRow) -> np.nd
             raise MapsError(f"{kind}: cannot read it as a .npy array ({error})") from None
         if tuple(array.shape) != shape:
             raise MapsError(
-                f"{kind}: the array has shape {list(array.shape)} but {_label(row)}'s weight "
+                f"{kind}: the array has shape {list(array.shape)} but {row.label}'s weight "
                 f"has shape {list(shape)} (out_channels, in_channels, height, width)"
             )
         return np.asarray(array, dtype=np.float32)
@@ -137,7 +137,7 @@ def hand_made_filters(kind: str, shape: tuple[int, ...], row: LayerRow) -> np.nd
     elif kind == "sobel":
         if (kh, kw) != (3, 3):
             raise MapsError(
-                f"--filters sobel sets 3×3 filters but {_label(row)} has a {kh}×{kw} kernel"
+                f"--filters sobel sets 3×3 filters but {row.label} has a {kh}×{kw} kernel"
             )
         gx = np.array([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])
         bank = [gx, -gx, gx.T, -gx.T]
@@ -145,7 +145,7 @@ def hand_made_filters(kind: str, shape: tuple[int, ...], row: LayerRow) -> np.nd
         raise MapsError(f"unknown filters {kind!r}: use edges, sobel, blur or a FILE.npy")
     if out_channels < len(bank):
         raise MapsError(
-            f"--filters {kind} sets {len(bank)} filters but {_label(row)} has "
+            f"--filters {kind} sets {len(bank)} filters but {row.label} has "
             f"{out_channels} output channel{'s' * (out_channels > 1)}"
         )
     weight = np.zeros(shape, dtype=np.float32)
@@ -219,9 +219,7 @@ def _choose_layers(report: Report, wanted: Sequence[str] | None) -> list[LayerRo
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise MapsError(f"no layer named {name!r}{hint}")
         if len(row.output_shape) != 4:
-            raise MapsError(
-                f"{_label(row)} outputs {list(row.output_shape)}, not maps [N, C, H, W]"
-            )
+            raise MapsError(f"{row.label} outputs {list(row.output_shape)}, not maps [N, C, H, W]")
         rows.append(row)
     return rows
 
@@ -249,10 +247,6 @@ def _load_weights(model: Any, path: Path) -> None:
     model.load_state_dict(state)
 
 
-def _label(row: LayerRow) -> str:
-    return f"{row.path} ({row.name})" if row.name else row.path
-
-
 # -- the picture -----------------------------------------------------------------------
 
 
@@ -268,7 +262,7 @@ def _draw(maps: ActivationMaps, path: Path) -> None:
     if maps.filters is not None:
         row, weight = maps.filters
         tiles = [w[0] if w.shape[0] == 1 else _to_rgb(w) for w in weight[:MAX_MAPS]]
-        title = f"{_label(row)}: {len(weight)} filters {weight.shape[2]}×{weight.shape[3]}"
+        title = f"{row.label}: {len(weight)} filters {weight.shape[2]}×{weight.shape[3]}"
         sections.append((title, tiles, "RdBu_r"))
     for row, output in maps.layers:
         shown = output[:MAX_MAPS]
@@ -277,7 +271,7 @@ def _draw(maps: ActivationMaps, path: Path) -> None:
             if len(output) <= MAX_MAPS
             else f"first {MAX_MAPS} of {len(output)} maps"
         )
-        title = f"{_label(row)} {row.type}: {count}, {output.shape[1]}×{output.shape[2]}"
+        title = f"{row.label} {row.type}: {count}, {output.shape[1]}×{output.shape[2]}"
         sections.append((title, list(shown), "viridis"))
     columns = min(8, max(len(tiles) for _, tiles, _ in sections))
     heights = [1.1 + 1.35 * math.ceil(len(tiles) / columns) for _, tiles, _ in sections]

@@ -55,6 +55,11 @@ class LayerRow:
     def non_trainable_params(self) -> int:
         return self.params - self.trainable_params
 
+    @property
+    def label(self) -> str:
+        """``layers.0 (conv1)``: the path, and the name when there is one."""
+        return f"{self.path} ({self.name})" if self.name else self.path
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path,

@@ -20,13 +20,20 @@ from convcalc.layers import Leaf
 from convcalc.loader import load_spec, with_overrides
 from convcalc.spec import Block, Concat, LayerSpec, Network, Repeat, Residual, Sequential
 
-__all__ = ["build_module", "import_torch", "torch_arguments", "torch_layer"]
+__all__ = [
+    "INFERRED_FIELDS",
+    "SPEC_ONLY_FIELDS",
+    "build_module",
+    "import_torch",
+    "torch_arguments",
+    "torch_layer",
+]
 
 # Fields that are convcalc's own, not constructor arguments.
-_SPEC_ONLY = {"type", "name", "trainable", "line"}
+SPEC_ONLY_FIELDS = {"type", "name", "trainable", "line"}
 
 # Arguments the calculator infers from the incoming shape when a spec leaves them out.
-_INFERRED: dict[str, Callable[[tuple[int, ...]], Any]] = {
+INFERRED_FIELDS: dict[str, Callable[[tuple[int, ...]], Any]] = {
     "in_channels": lambda shape: shape[1],
     "num_features": lambda shape: shape[1],
     "num_channels": lambda shape: shape[1],
@@ -57,9 +64,9 @@ def torch_arguments(layer: Leaf, input_shape: tuple[int, ...]) -> dict[str, Any]
     arguments = {
         field: getattr(layer, field)
         for field in fields
-        if field not in _SPEC_ONLY and field in given
+        if field not in SPEC_ONLY_FIELDS and field in given
     }
-    for field, infer in _INFERRED.items():
+    for field, infer in INFERRED_FIELDS.items():
         if field in fields and arguments.get(field) is None:
             arguments[field] = infer(input_shape)
     return arguments
