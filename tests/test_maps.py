@@ -175,3 +175,8 @@ def test_cli_writes_the_png(tmp_path):
     assert width > 300 and height > 400  # input, filters and two layers of maps
     bad = CliRunner().invoke(cli, ["maps", str(EDGES), "--image", "nope.png", "-o", str(out)])
     assert bad.exit_code == 1 and bad.stderr == "error: nope.png: no such image file\n"
+
+
+def test_a_layer_without_maps_is_refused():
+    with pytest.raises(MapsError, match=r"layers\.7 \(fc\) outputs \[1, 10\], not maps"):
+        activation_maps(SPECS_DIR / "mnist_cnn.yaml", "digits:2", layers=["fc"])
