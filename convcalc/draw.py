@@ -31,13 +31,6 @@ __all__ = ["draw", "html_table", "svg_picture"]
 
 Spec = str | os.PathLike[str] | Mapping[str, Any] | Network
 
-# Layers drawn inside the box of the layer before them.
-FOLDED = {
-    "relu", "relu6", "leakyrelu", "elu", "gelu", "silu", "sigmoid", "tanh", "hardswish",
-    "hardsigmoid", "softmax", "logsoftmax", "identity", "batchnorm1d", "batchnorm2d",
-    "batchnorm3d", "instancenorm1d", "instancenorm2d", "instancenorm3d", "groupnorm",
-    "layernorm", "localresponsenorm", "dropout", "dropout1d", "dropout2d", "dropout3d",
-}  # fmt: skip
 COLOURS = {
     "conv": "#7aa6d6",
     "convtranspose": "#a08fd9",
@@ -217,7 +210,7 @@ class _Drawer:
         for index, layer in enumerate(layers):
             path = f"{prefix}.{index}"
             row = self.rows[path]
-            if isinstance(layer, Leaf) and layer.type in FOLDED:
+            if isinstance(layer, Leaf) and layer.drawn_folded:
                 if current is not None:
                     current.rows.append(row)  # drawn in the box before it
                     continue

@@ -57,6 +57,7 @@ def export_pytorch(
         "from torch import nn",
         "",
         "",
+        *_custom_sources(writer.custom_classes),
         f"class {name}(nn.Module):",
         f'{INDENT}"""{network.name}: see the module docstring."""',
         "",
@@ -114,6 +115,7 @@ class _Writer:
         self.rows = {row.path: row for row in report.rows}
         self.frozen: list[str] = []  # requires_grad_(False) for trainable: false
         self.names = 0
+        self.custom_classes: set[str] = set()  # convcalc.torch_modules classes used
 
     # -- __init__: the containers, nested ----------------------------------------------
 
@@ -132,6 +134,9 @@ class _Writer:
             order = inferred + [key for key in arguments if key not in inferred]
             text = ", ".join(f"{key}={_literal(arguments[key])}" for key in order)
             comment = f"  # {layer.name}" if layer.name else ""
+            if layer.custom_module:  # torch.nn lacks it: its class is written out too
+                self.custom_classes.add(layer.torch_name)
+                return f"{layer.torch_name}({text}){comment}"
             return f"nn.{layer.torch_name}({text}){comment}"
         return self.block(layer, path)
 
@@ -229,6 +234,20 @@ class _Writer:
             )
         lines.append(f"{pad}{value} = torch.cat([{', '.join(outputs)}], dim=1)")
         return lines
+
+
+def _custom_sources(names: set[str]) -> list[str]:
+    """The source of each convcalc.torch_modules class used, followed by two blank lines."""
+    if not names:
+        return []
+    import inspect
+
+    from convcalc import torch_modules
+
+    lines: list[str] = []
+    for name in sorted(names):
+        lines += [inspect.getsource(getattr(torch_modules, name)).rstrip("\n"), "", ""]
+    return lines
 
 
 def _access(root: str, path: str) -> str:

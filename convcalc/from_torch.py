@@ -20,12 +20,17 @@ from typing import Any
 
 from convcalc.analysis import analyze
 from convcalc.errors import ModelImportError
-from convcalc.layers import Leaf
+from convcalc.layers import LEAF_CLASSES, Leaf
 from convcalc.loader import build_network
 from convcalc.spec import LAYER_TYPES, Network
 from convcalc.torch_bridge import INFERRED_FIELDS, SPEC_ONLY_FIELDS, import_torch
 
 __all__ = ["from_torch", "load_factory"]
+
+# Calls without arguments that are a layer: F.relu, torch.sigmoid, x.relu_(), ...
+_FUNCTIONAL_LAYERS = {
+    name: kind for cls in LEAF_CLASSES for name, kind in cls.functional_names.items()
+}
 
 
 def load_factory(reference: str) -> Callable[[], Any]:
@@ -292,13 +297,8 @@ class _Importer:
         args = list(node.args[1:])
         kwargs = dict(node.kwargs)
         kwargs.pop("inplace", None)
-        simple = {
-            "relu": "relu", "relu_": "relu", "relu6": "relu6", "silu": "silu",
-            "sigmoid": "sigmoid", "tanh": "tanh", "hardswish": "hardswish",
-            "hardsigmoid": "hardsigmoid",
-        }  # fmt: skip
-        if name in simple and not args:
-            return {"type": simple[name]}
+        if name in _FUNCTIONAL_LAYERS and not args:
+            return {"type": _FUNCTIONAL_LAYERS[name]}
         if name == "leaky_relu":
             return {"type": "leakyrelu", **_bind(args, kwargs, ("negative_slope",))}
         if name == "elu":

@@ -144,6 +144,18 @@ class Leaf(LayerModel):
 
     type: str
     torch_names: ClassVar[tuple[str, ...]]
+    # -- per-family hooks, with defaults (other modules read these, never a table) ----
+    # torch.nn has no such class: torch_bridge builds the class of this name from
+    # convcalc.torch_modules, and `export --to pytorch` copies that class's source.
+    custom_module: ClassVar[bool] = False
+    # Leaves position and extent of the receptive field alone: a receptive-field
+    # measurement (verify) replaces it by an identity.
+    identity_for_receptive_field: ClassVar[bool] = False
+    # Drawn inside the box of the layer before it (activations, normalisation).
+    drawn_folded: ClassVar[bool] = False
+    # torch.nn.functional / torch / Tensor calls without arguments that are a layer of
+    # this family (from_torch maps them): call name -> layer type.
+    functional_names: ClassVar[dict[str, str]] = {}
 
     @property
     def dims(self) -> int:
@@ -741,6 +753,8 @@ class BatchNorm(Leaf):
     """``nn.BatchNorm1d``/``2d``/``3d``: 2·C parameters, 2·C + 1 buffers."""
 
     torch_names: ClassVar[tuple[str, ...]] = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
     type: Literal["batchnorm1d", "batchnorm2d", "batchnorm3d"]
     num_features: PositiveInt | None = None
     eps: Float = 1e-5
@@ -796,6 +810,8 @@ class InstanceNorm(Leaf):
     """``nn.InstanceNorm1d``/``2d``/``3d`` (no parameters unless affine)."""
 
     torch_names: ClassVar[tuple[str, ...]] = ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
     type: Literal["instancenorm1d", "instancenorm2d", "instancenorm3d"]
     num_features: PositiveInt | None = None
     eps: Float = 1e-5
@@ -841,6 +857,8 @@ class GroupNorm(Leaf):
     """``nn.GroupNorm``: C must divide into ``num_groups``."""
 
     torch_names: ClassVar[tuple[str, ...]] = ("GroupNorm",)
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
     type: Literal["groupnorm"]
     num_groups: PositiveInt
     num_channels: PositiveInt | None = None
@@ -877,6 +895,8 @@ class LayerNorm(Leaf):
     """``nn.LayerNorm``; ``normalized_shape`` defaults to every dimension after the batch."""
 
     torch_names: ClassVar[tuple[str, ...]] = ("LayerNorm",)
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
     type: Literal["layernorm"]
     normalized_shape: PositiveIntOrInts | None = None
     eps: Float = 1e-5
@@ -923,6 +943,8 @@ class LocalResponseNorm(Leaf):
     """``nn.LocalResponseNorm`` across channels (AlexNet's LRN)."""
 
     torch_names: ClassVar[tuple[str, ...]] = ("LocalResponseNorm",)
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
     type: Literal["localresponsenorm"]
     size: PositiveInt
     alpha: Float = 1e-4
@@ -953,6 +975,12 @@ class Activation(Leaf):
     """Parameter-free activations with an ``inplace`` flag."""
 
     torch_names: ClassVar[tuple[str, ...]] = ("ReLU", "ReLU6", "SiLU", "Hardswish", "Hardsigmoid")
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
+    functional_names: ClassVar[dict[str, str]] = {
+        "relu": "relu", "relu_": "relu", "relu6": "relu6", "silu": "silu",
+        "hardswish": "hardswish", "hardsigmoid": "hardsigmoid",
+    }  # fmt: skip
     type: Literal["relu", "relu6", "silu", "hardswish", "hardsigmoid"]
     inplace: Bool = False
 
@@ -971,6 +999,9 @@ class Elementwise(Leaf):
     """Parameter-free layers without arguments."""
 
     torch_names: ClassVar[tuple[str, ...]] = ("Sigmoid", "Tanh", "Identity")
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
+    functional_names: ClassVar[dict[str, str]] = {"sigmoid": "sigmoid", "tanh": "tanh"}
     type: Literal["sigmoid", "tanh", "identity"]
 
     def infer(self, input_shape: Shape) -> LayerResult:
@@ -982,6 +1013,8 @@ class Elementwise(Leaf):
 
 class LeakyReLU(Leaf):
     torch_names: ClassVar[tuple[str, ...]] = ("LeakyReLU",)
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
     type: Literal["leakyrelu"]
     negative_slope: Float = 0.01
     inplace: Bool = False
@@ -995,6 +1028,8 @@ class LeakyReLU(Leaf):
 
 class ELU(Leaf):
     torch_names: ClassVar[tuple[str, ...]] = ("ELU",)
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
     type: Literal["elu"]
     alpha: Float = 1.0
     inplace: Bool = False
@@ -1008,6 +1043,8 @@ class ELU(Leaf):
 
 class GELU(Leaf):
     torch_names: ClassVar[tuple[str, ...]] = ("GELU",)
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
     type: Literal["gelu"]
     approximate: Literal["none", "tanh"] = "none"
 
@@ -1022,6 +1059,8 @@ class Softmax(Leaf):
     """``nn.Softmax`` and ``nn.LogSoftmax``."""
 
     torch_names: ClassVar[tuple[str, ...]] = ("Softmax", "LogSoftmax")
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
     type: Literal["softmax", "logsoftmax"]
     dim: Int | None = None
 
@@ -1056,6 +1095,8 @@ class Dropout(Leaf):
     """``nn.Dropout`` and the channel-wise ``Dropout1d``/``2d``/``3d``."""
 
     torch_names: ClassVar[tuple[str, ...]] = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d")
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
     type: Literal["dropout", "dropout1d", "dropout2d", "dropout3d"]
     p: Probability = 0.5
     inplace: Bool = False

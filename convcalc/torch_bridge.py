@@ -75,7 +75,12 @@ def torch_arguments(layer: Leaf, input_shape: tuple[int, ...]) -> dict[str, Any]
 def torch_layer(layer: Leaf, input_shape: tuple[int, ...]) -> Any:
     """The ``torch.nn`` module for one leaf layer."""
     torch = import_torch()
-    cls = getattr(torch.nn, layer.torch_name, None)
+    if layer.custom_module:
+        from convcalc import torch_modules
+
+        cls = getattr(torch_modules, layer.torch_name)
+    else:
+        cls = getattr(torch.nn, layer.torch_name, None)
     if cls is None:
         raise ConvCalcError(
             f"torch {torch.__version__} has no torch.nn.{layer.torch_name}; upgrade torch"

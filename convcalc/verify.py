@@ -271,12 +271,14 @@ def _fractional(field: ReceptiveField) -> bool:
 
 # -- measuring receptive fields ------------------------------------------------------------
 
-_POINTWISE = {
-    "ReLU", "ReLU6", "SiLU", "Hardswish", "Hardsigmoid", "Sigmoid", "Tanh", "LeakyReLU",
-    "ELU", "GELU", "Softmax", "LogSoftmax", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
-    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d",
-    "InstanceNorm3d", "GroupNorm", "LayerNorm", "LocalResponseNorm", "Identity",
-}  # fmt: skip
+
+def _identity_for_receptive_field() -> set[str]:
+    """torch.nn class names of the layers a measurement replaces by an identity."""
+    from convcalc.layers import LEAF_CLASSES
+
+    return {
+        name for cls in LEAF_CLASSES if cls.identity_for_receptive_field for name in cls.torch_names
+    }
 
 
 class _Stop(Exception):
@@ -352,11 +354,12 @@ def measure_receptive_field(
     return None
 
 
-def _prepare(torch: Any, module: Any) -> Any:
+def _prepare(torch: Any, module: Any, identities: set[str] | None = None) -> Any:
     nn = torch.nn
+    identities = _identity_for_receptive_field() if identities is None else identities
     for name, child in list(module.named_children()):
         kind = type(child).__name__
-        if kind in _POINTWISE:
+        if kind in identities:
             setattr(module, name, nn.Identity())
         elif kind.startswith("MaxPool"):
             dims = int(kind[-2])
@@ -370,7 +373,7 @@ def _prepare(torch: Any, module: Any) -> Any:
             )
         elif kind.startswith("AdaptiveMaxPool"):
             setattr(module, name, getattr(nn, kind.replace("Max", "Avg"))(child.output_size))
-        elif _prepare(torch, child) is None:
+        elif _prepare(torch, child, identities) is None:
             return None
     for parameter in module.parameters(recurse=False):
         parameter.requires_grad_(False)
