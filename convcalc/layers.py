@@ -77,6 +77,8 @@ class LayerResult:
     # residual's shortcut, whose input the body sees in full.
     dropped: str = ""
     skipped: str = ""
+    # A layer with several outputs (split, chunk): the shapes after ``output_shape``.
+    extra_outputs: tuple[Shape, ...] = ()
     # How the numbers come about: each output size and the parameters, as formulas with
     # this layer's numbers substituted (``shape --explain``).
     explanation: tuple[str, ...] = ()
@@ -135,6 +137,10 @@ class LayerModel(BaseModel):
 
     name: str | None = None
     trainable: Bool = True  # Keras' name; false freezes the layer's parameters
+    # Where the input comes from (spec v2): the name of an earlier layer (or ``input``,
+    # or ``name.0`` for one piece of a split), a list of them for a merge; without it
+    # the previous layer's output.
+    from_: str | list[str] | None = Field(default=None, alias="from")
     # The spec line this layer was written on, when loaded from YAML (for messages).
     line: SkipJsonSchema[int | None] = Field(default=None, alias=LINE_KEY, exclude=True, repr=False)
 
@@ -168,8 +174,21 @@ class Leaf(LayerModel):
         """The ``torch.nn`` class this layer is."""
         return next(n for n in self.torch_names if n.lower() == self.type)
 
+    # Takes several inputs (add, mul, cat): ``infer_many`` instead of ``infer``.
+    merges: ClassVar[bool] = False
+
     def infer(self, input_shape: Shape) -> LayerResult:
         raise NotImplementedError
+
+    def infer_many(self, input_shapes: Sequence[Shape], labels: Sequence[str]) -> LayerResult:
+        """The layer on several inputs (``labels`` name them in messages); a layer that
+        does not merge takes exactly one."""
+        if len(input_shapes) != 1:
+            raise _fail(
+                f"{self.type} takes one input, got {len(input_shapes)} ({', '.join(labels)}); "
+                f"only merge layers (add, mul, cat) take several"
+            )
+        return self.infer(input_shapes[0])
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
         """What backward needs from this layer (by default: its input)."""

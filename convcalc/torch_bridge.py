@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 # Fields that are convcalc's own, not constructor arguments.
-SPEC_ONLY_FIELDS = {"type", "name", "trainable", "line"}
+SPEC_ONLY_FIELDS = {"type", "name", "trainable", "line", "from_"}
 
 # Arguments the calculator infers from the incoming shape when a spec leaves them out.
 INFERRED_FIELDS: dict[str, Callable[[tuple[int, ...]], Any]] = {
