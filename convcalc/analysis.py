@@ -9,25 +9,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from convcalc.errors import Problem, ShapeError
-from convcalc.layers import LayerModel, Leaf, SpatialMap, format_shape
+from convcalc.graph import Group, Node, Ref, lower
+from convcalc.layers import LayerModel, SpatialMap, format_shape
 from convcalc.loader import load_spec, with_overrides
+from convcalc.merges import Merge
 from convcalc.receptive_field import ReceptiveField
 from convcalc.report import DTYPE_BYTES, LayerRow, Report, SpecWarning, Totals
-from convcalc.spec import Block, Concat, LayerSpec, Network, Repeat, Residual, Sequential
+from convcalc.spec import Block, Network
 
 __all__ = ["analyze"]
 
 Shape = tuple[int, ...]
 
 
-@dataclass
-class _Flow:
-    """What leaves a sequence of layers: the tensor (its shape, receptive field, storage
-    and whether it needs a gradient), and the sums of the layers passed."""
+@dataclass(slots=True)
+class _Value:
+    """What a node gives: its output shapes (several for a split), the receptive field,
+    the storage of each output, whether autograd tracks it, and its own numbers."""
 
-    shape: Shape
+    shapes: tuple[Shape, ...]
     field: ReceptiveField | None
-    tensor: int  # which storage holds it (views and in-place layers keep their input's)
+    tensors: tuple[int, ...]  # which storage holds each output (views keep their input's)
     grad: bool  # autograd tracks it: some layer before it has trainable parameters
     params: int = 0
     trainable_params: int = 0
@@ -35,45 +37,28 @@ class _Flow:
     macs: int = 0
     saved_bytes: int = 0
 
-    def add(self, other: _Flow) -> None:
-        self.params += other.params
-        self.trainable_params += other.trainable_params
-        self.buffers += other.buffers
-        self.macs += other.macs
-        self.saved_bytes += other.saved_bytes
-
 
 class _Analyzer:
+    """One fold over the graph's nodes in order; a block's row is made when its last
+    node is done (so warnings come in the order the layers are met)."""
+
     def __init__(self, network: Network) -> None:
         self.network = network
+        self.graph = lower(network)
         self.source = network.source
         self.itemsize = DTYPE_BYTES[network.dtype]
         self.input_spatial = tuple(network.input[1:])
-        self.rows: list[LayerRow | None] = []
+        self.values: list[_Value] = []
+        self.rows: dict[int, LayerRow] = {}  # id(node or group) -> its row
         self.warnings: list[SpecWarning] = []
         self.activation_bytes = 0
         self.largest: tuple[int, str | None] = (0, None)
         self.field_warned = False
-        self.in_shortcut = 0  # > 0 while walking a residual's shortcut
         self.storage_bytes: list[int] = []  # per tensor storage
         self.saved: set[int] = set()  # storages autograd keeps for backward
+        self.sums = [(0, 0, 0, 0, 0)]  # running totals after each node, for block rows
 
-    # -- walking -----------------------------------------------------------------------
-
-    def sequence(
-        self, layers: Sequence[LayerSpec], flow: _Flow, prefix: str, depth: int, trainable: bool
-    ) -> _Flow:
-        out = _Flow(flow.shape, flow.field, flow.tensor, flow.grad)
-        for index, layer in enumerate(layers):
-            step = self.layer(layer, out, f"{prefix}.{index}", depth, trainable)
-            out.shape, out.field, out.tensor, out.grad = (
-                step.shape,
-                step.field,
-                step.tensor,
-                step.grad,
-            )
-            out.add(step)
-        return out
+    # -- storage -------------------------------------------------------------------------
 
     def new_tensor(self, shape: Shape) -> int:
         self.storage_bytes.append(math.prod(shape) * self.itemsize)
@@ -86,139 +71,165 @@ class _Analyzer:
         self.saved.add(tensor)
         return self.storage_bytes[tensor]
 
-    def layer(self, layer: LayerSpec, flow: _Flow, path: str, depth: int, trainable: bool) -> _Flow:
-        trainable = trainable and layer.trainable
-        if isinstance(layer, Leaf):
-            return self.leaf(layer, flow, path, depth, trainable)
-        slot = len(self.rows)
-        self.rows.append(None)  # the block's row goes before its children
-        out = self.block(layer, flow, path, depth, trainable)
-        allocates = isinstance(layer, (Residual, Concat))  # the add / cat makes a new tensor
-        self.rows[slot] = self.make_row(layer, path, depth, flow.shape, out, "", allocates, True)
-        return out
+    # -- the fold ------------------------------------------------------------------------
 
-    def leaf(self, layer: Leaf, flow: _Flow, path: str, depth: int, trainable: bool) -> _Flow:
+    def value_of(self, ref: Ref, node: Node) -> tuple[Shape, ReceptiveField | None, int, bool]:
+        """(shape, field, storage, grad) of one output that ``node`` reads."""
+        value = self.values[ref.node]
+        count = len(value.shapes)
+        if ref.index >= count or (count > 1 and not ref.picked):
+            source = self.graph.nodes[ref.node]
+            assert source.layer is not None
+            written = source.layer.name or source.path
+            pieces = f"{written}.0 to {written}.{count - 1}"
+            problem = (
+                f"{source.label} has {count} outputs; take one of them: {pieces}"
+                if ref.index < count
+                else f"{source.label} has {count} outputs ({pieces}); there is no "
+                f"{written}.{ref.index}"
+            )
+            raise self.error(problem, node)
+        return value.shapes[ref.index], value.field, value.tensors[ref.index], value.grad
+
+    def node(self, node: Node) -> _Value:
+        if node.is_input:
+            shape = (self.network.batch_size, *self.network.input_shapes[node.path])
+            spatial = len(shape) - 2
+            field = ReceptiveField.of_input(spatial) if spatial else None
+            return _Value((shape,), field, (self.new_tensor(shape),), grad=False)
+        inputs = [self.value_of(ref, node) for ref in node.inputs]
+        if node.join is not None:
+            return self.join(node, inputs)
+        return self.leaf(node, inputs)
+
+    def leaf(self, node: Node, inputs: list[tuple[Shape, Any, int, bool]]) -> _Value:
+        layer = node.leaf
+        shapes = [shape for shape, _, _, _ in inputs]
         try:
-            result = layer.infer(flow.shape)
+            if layer.merges or len(inputs) != 1:
+                result = layer.infer_many(shapes, node.labels)
+            else:
+                result = layer.infer(shapes[0])
         except ShapeError as error:
-            raise self.error(error.first.message, layer, path) from None
-        field = flow.field
+            raise self.error(error.first.message, node) from None
+        out_shapes = (result.output_shape, *result.extra_outputs)
+        field = self.merged_field(node, inputs, result.output_shape)
         if field is not None:
             if isinstance(result.windows, tuple):
                 field = field.through(result.windows) if result.windows else field
-            elif result.windows is SpatialMap.DENSE or len(result.output_shape) != len(flow.shape):
+            elif result.windows is SpatialMap.DENSE or len(result.output_shape) != len(shapes[0]):
                 field = None
-        saved = layer.saved(flow.shape, result.output_shape, self.itemsize)
-        tensor = flow.tensor if saved.shares_input else self.new_tensor(result.output_shape)
+        trainable = node.trainable
         param_grad = trainable and result.params > 0
+        grad = any(g for _, _, _, g in inputs)
         saved_bytes = 0
-        if param_grad or (flow.grad and not saved.weight_grad_only):
-            if saved.tensor is not None:
-                saved_bytes += self.save(flow.tensor if saved.tensor == "input" else tensor)
-            saved_bytes += saved.extra_bytes
-        if flow.grad and saved.input_for_its_gradient:
-            saved_bytes += self.save(flow.tensor)
-        out = _Flow(
-            result.output_shape,
+        if isinstance(layer, Merge):
+            saved_inputs, extra = layer.saved_operands(
+                shapes, [g for _, _, _, g in inputs], self.itemsize
+            )
+            saved_bytes = sum(self.save(inputs[i][2]) for i in saved_inputs) + extra
+            tensors: tuple[int, ...] = (self.new_tensor(result.output_shape),)
+        else:
+            in_shape, _, in_tensor, in_grad = inputs[0]
+            saved = layer.saved(in_shape, result.output_shape, self.itemsize)
+            if saved.shares_input:
+                tensors = (in_tensor,) * len(out_shapes)
+            else:
+                tensors = tuple(self.new_tensor(shape) for shape in out_shapes)
+            if param_grad or (in_grad and not saved.weight_grad_only):
+                if saved.tensor is not None:
+                    saved_bytes += self.save(in_tensor if saved.tensor == "input" else tensors[0])
+                saved_bytes += saved.extra_bytes
+            if in_grad and saved.input_for_its_gradient:
+                saved_bytes += self.save(in_tensor)
+        value = _Value(
+            out_shapes,
             field,
-            tensor,
-            flow.grad or param_grad,
+            tensors,
+            grad or param_grad,
             params=result.params,
             trainable_params=result.params if trainable else 0,
             buffers=result.buffers,
             macs=result.macs,
             saved_bytes=saved_bytes,
         )
-        self.rows.append(
-            self.make_row(
-                layer, path, depth, flow.shape, out, result.arguments, True, False,
-                explanation=result.explanation,
-            )
-        )  # fmt: skip
+        output_bytes = sum(math.prod(shape) for shape in out_shapes) * self.itemsize
+        self.allocate(output_bytes, node.path)
+        self.check_field(layer, node.path, field)
+        sources: tuple[str, ...] = ()
+        if layer.from_ is not None:
+            sources = tuple(self.source_path(ref) for ref in node.inputs)
+        self.rows[id(node)] = LayerRow(
+            path=node.path,
+            name=layer.name,
+            type=layer.type,
+            depth=node.depth,
+            input_shape=shapes[0],
+            output_shape=result.output_shape,
+            params=value.params,
+            trainable_params=value.trainable_params,
+            buffers=value.buffers,
+            macs=value.macs,
+            saved_bytes=saved_bytes,
+            output_bytes=output_bytes,
+            receptive_field=field,
+            arguments=result.arguments,
+            is_block=False,
+            line=layer.line,
+            explanation=result.explanation,
+            input_shapes=tuple(shapes) if len(shapes) > 1 else (),
+            output_shapes=out_shapes if len(out_shapes) > 1 else (),
+            sources=sources,
+        )
         for message in result.warnings:
-            self.warn(layer, path, message)
-        if not self.in_shortcut:
+            self.warn(layer, node.path, message)
+        if not node.in_shortcut:
             for message in result.coverage_warnings:
-                self.warn(layer, path, message)
-        return out
+                self.warn(layer, node.path, message)
+        return value
 
-    def block(self, block: Block, flow: _Flow, path: str, depth: int, trainable: bool) -> _Flow:
-        if isinstance(block, Sequential):
-            return self.sequence(block.layers, flow, path, depth + 1, trainable)
-        if isinstance(block, Repeat):
-            if len(block.layers) == 1:
-                return self.sequence(block.layers * block.times, flow, path, depth + 1, trainable)
-            out = _Flow(flow.shape, flow.field, flow.tensor, flow.grad)
-            for copy in range(block.times):
-                copy_path = f"{path}.{copy}"
-                slot = len(self.rows)
-                self.rows.append(None)
-                step = self.sequence(block.layers, out, copy_path, depth + 2, trainable)
-                self.rows[slot] = self.make_row(
-                    block, copy_path, depth + 1, out.shape, step, "", False, True, kind="sequential"
-                )
-                out.shape, out.field, out.tensor, out.grad = (
-                    step.shape,
-                    step.field,
-                    step.tensor,
-                    step.grad,
-                )
-                out.add(step)
-            return out
-        if isinstance(block, Residual):
-            return self.residual(block, flow, path, depth, trainable)
-        if isinstance(block, Concat):
-            return self.concat(block, flow, path, depth, trainable)
-        raise TypeError(f"unknown block {type(block).__name__}")
-
-    def residual(
-        self, block: Residual, flow: _Flow, path: str, depth: int, trainable: bool
-    ) -> _Flow:
-        body = self.sequence(block.layers, flow, f"{path}.body", depth + 1, trainable)
-        self.in_shortcut += 1
-        try:
-            shortcut = self.sequence(block.shortcut, flow, f"{path}.shortcut", depth + 1, trainable)
-        finally:
-            self.in_shortcut -= 1
-        problem = residual_problem(body.shape, shortcut.shape, bool(block.shortcut))
+    def join(self, node: Node, inputs: list[tuple[Shape, Any, int, bool]]) -> _Value:
+        """The ``+`` of a residual block or the ``cat`` of a concat block."""
+        block = node.layer
+        assert isinstance(block, Block)
+        shapes = [shape for shape, _, _, _ in inputs]
+        if node.join == "residual":
+            problem = residual_problem(shapes[0], shapes[1], bool(block.shortcut))  # type: ignore[attr-defined]
+            shape = shapes[0]
+        else:
+            merged = concat_shape(shapes)
+            problem, shape = (merged, shapes[0]) if isinstance(merged, str) else (None, merged)
         if problem:
-            raise self.error(problem, block, path)
-        out = _Flow(
-            body.shape,
-            self.merge_fields(block, path, [body, shortcut]),
-            self.new_tensor(body.shape),  # the sum; backward of + needs no tensor
-            body.grad or shortcut.grad,
-        )
-        out.add(body)
-        out.add(shortcut)
-        return out
+            raise self.error(problem, node)
+        field = self.merged_field(node, inputs, shape)
+        # the sum or the concatenation is a new tensor; backward of + and cat keeps none
+        self.allocate(math.prod(shape) * self.itemsize, node.path)
+        grad = any(g for _, _, _, g in inputs)
+        return _Value((shape,), field, (self.new_tensor(shape),), grad)
 
-    def concat(self, block: Concat, flow: _Flow, path: str, depth: int, trainable: bool) -> _Flow:
-        branches = [
-            self.sequence(branch, flow, f"{path}.branches.{i}", depth + 1, trainable)
-            for i, branch in enumerate(block.branches)
-        ]
-        shape = concat_shape([branch.shape for branch in branches])
-        if isinstance(shape, str):
-            raise self.error(shape, block, path)
-        out = _Flow(
-            shape,
-            self.merge_fields(block, path, branches),
-            self.new_tensor(shape),  # backward of cat needs only the sizes
-            any(branch.grad for branch in branches),
-        )
-        for branch in branches:
-            out.add(branch)
-        return out
-
-    def merge_fields(self, block: Block, path: str, flows: list[_Flow]) -> ReceptiveField | None:
-        fields = [flow.field for flow in flows]
-        if any(field is None for field in fields):
+    def merged_field(
+        self, node: Node, inputs: list[tuple[Shape, Any, int, bool]], output: Shape
+    ) -> ReceptiveField | None:
+        """The union of the inputs' fields, warning when their centres are not aligned.
+        An input broadcast over the output's spatial size (a gate from global pooling)
+        is global context and leaves the field alone."""
+        if len(inputs) == 1:
+            return inputs[0][1]  # type: ignore[no-any-return]
+        spatial = [
+            field
+            for shape, field, _, _ in inputs
+            if not (
+                len(shape) == len(output)
+                and all(n == 1 for n in shape[2:])
+                and any(n > 1 for n in output[2:])
+            )
+        ] or [field for _, field, _, _ in inputs]
+        if any(field is None for field in spatial):
             return None
-        merged = fields[0]
-        assert merged is not None
-        for other in fields[1:]:
-            assert other is not None
+        merged = spatial[0]
+        layer = node.layer
+        assert layer is not None
+        for other in spatial[1:]:
             offsets = merged.centre_offsets(other)
             if any(offsets) or merged.stride != other.stride:
                 names = ("L",) if len(offsets) == 1 else ("D", "H", "W")[-len(offsets) :]
@@ -227,54 +238,54 @@ class _Analyzer:
                     or "their strides differ"
                 )
                 self.warn(
-                    block,
-                    path,
-                    f"{block.type}: the receptive fields of its paths are not aligned "
+                    layer,
+                    node.path,
+                    f"{getattr(layer, 'type', '')}: the receptive fields of its paths are not "
+                    f"aligned "
                     f"(centres differ by {detail}); the union of the fields is reported",
                 )
             merged = merged.union(other)
-        return merged
+        return merged  # type: ignore[no-any-return]
+
+    def close(self, group: Group) -> None:
+        """The row of a block whose last node is done: its members' sums."""
+        after, before = self.sums[group.last + 1], self.sums[group.first]
+        params, trainable, buffers, macs, saved = (a - b for a, b in zip(after, before))
+        assert group.output is not None
+        value = self.values[group.output.node]
+        shape = value.shapes[group.output.index]
+        entry = self.values[group.entry.node]
+        layer = group.layer
+        assert layer is not None
+        self.check_field(layer, group.path, value.field)
+        self.rows[id(group)] = LayerRow(
+            path=group.path,
+            name=group.name,
+            type=group.type,
+            depth=group.depth,
+            input_shape=entry.shapes[group.entry.index],
+            output_shape=shape,
+            params=params,
+            trainable_params=trainable,
+            buffers=buffers,
+            macs=macs,
+            saved_bytes=saved,
+            output_bytes=math.prod(shape) * self.itemsize,
+            receptive_field=value.field,
+            is_block=True,
+            line=layer.line,
+        )
+
+    def source_path(self, ref: Ref) -> str:
+        node = self.graph.nodes[ref.node]
+        return f"{node.path}.{ref.index}" if len(self.values[ref.node].shapes) > 1 else node.path
 
     # -- rows, warnings, errors ----------------------------------------------------------
 
-    def make_row(
-        self,
-        layer: LayerModel,
-        path: str,
-        depth: int,
-        input_shape: Shape,
-        flow: _Flow,
-        arguments: str,
-        allocates: bool,
-        is_block: bool,
-        kind: str | None = None,
-        explanation: tuple[str, ...] = (),
-    ) -> LayerRow:
-        output_bytes = math.prod(flow.shape) * self.itemsize
-        if allocates:
-            self.activation_bytes += output_bytes
-            if output_bytes > self.largest[0]:
-                self.largest = (output_bytes, path)
-        self.check_field(layer, path, flow.field)
-        return LayerRow(
-            path=path,
-            name=layer.name if kind is None else None,
-            type=kind or layer.type,  # type: ignore[attr-defined]
-            depth=depth,
-            input_shape=input_shape,
-            output_shape=flow.shape,
-            params=flow.params,
-            trainable_params=flow.trainable_params,
-            buffers=flow.buffers,
-            macs=flow.macs,
-            saved_bytes=flow.saved_bytes,
-            output_bytes=output_bytes,
-            receptive_field=flow.field,
-            arguments=arguments,
-            is_block=is_block,
-            line=layer.line,
-            explanation=explanation,
-        )
+    def allocate(self, output_bytes: int, path: str) -> None:
+        self.activation_bytes += output_bytes
+        if output_bytes > self.largest[0]:
+            self.largest = (output_bytes, path)
 
     def check_field(self, layer: LayerModel, path: str, field: ReceptiveField | None) -> None:
         if self.field_warned or field is None or len(field.size) != len(self.input_spatial):
@@ -290,33 +301,66 @@ class _Analyzer:
                 f"from here on every unit sees the whole input and its zero padding",
             )
 
-    def warn(self, layer: LayerModel, path: str, message: str) -> None:
-        self.warnings.append(SpecWarning(path, message, layer.name, layer.line))
+    def warn(self, layer: LayerModel | None, path: str, message: str) -> None:
+        name = layer.name if layer is not None else None
+        line = layer.line if layer is not None else None
+        self.warnings.append(SpecWarning(path, message, name, line))
 
-    def error(self, message: str, layer: LayerModel, path: str) -> ShapeError:
-        return ShapeError(Problem(message, self.source, layer.line, path, layer.name))
+    def error(self, message: str, node: Node) -> ShapeError:
+        layer = node.layer
+        line = layer.line if layer is not None else None
+        name = layer.name if layer is not None else None
+        return ShapeError(Problem(message, self.source, line, node.path, name))
 
     # -- the whole network ---------------------------------------------------------------
 
     def run(self) -> Report:
         network = self.network
-        input_shape = (network.batch_size, *network.input)
-        spatial = len(network.input) - 1
-        field = ReceptiveField.of_input(spatial) if spatial else None
-        start = _Flow(input_shape, field, self.new_tensor(input_shape), grad=False)
-        out = self.sequence(network.layers, start, "layers", 1, True)
-        rows = tuple(row for row in self.rows if row is not None)
+        graph = self.graph
+        for node in graph.nodes:
+            value = self.node(node)
+            self.values.append(value)
+            last = self.sums[-1]
+            self.sums.append(
+                (
+                    last[0] + value.params,
+                    last[1] + value.trainable_params,
+                    last[2] + value.buffers,
+                    last[3] + value.macs,
+                    last[4] + value.saved_bytes,
+                )
+            )
+            for group in node.closes:
+                if group.row:
+                    self.close(group)
+        for node in graph.unused:
+            if node.is_input:
+                self.warn(None, node.path, f"the input {node.path!r} is never used")
+            else:
+                self.warn(
+                    node.layer,
+                    node.path,
+                    "its output is never used: no later layer takes it and it is not "
+                    "among the outputs",
+                )
+        rows = tuple(self.rows[id(member)] for member in graph.rows())
+        params, trainable, buffers, macs, saved = self.sums[-1]
+        inputs = {name: self.values[ref.node].shapes[0] for name, ref in graph.inputs.items()}
+        outputs = {
+            label: self.value_of(ref, graph.nodes[ref.node]) for label, ref in graph.outputs.items()
+        }
+        input_shape = next(iter(inputs.values()))
         totals = Totals(
-            params=out.params,
-            trainable_params=out.trainable_params,
-            buffers=out.buffers,
-            macs=out.macs,
-            param_bytes=out.params * self.itemsize,
+            params=params,
+            trainable_params=trainable,
+            buffers=buffers,
+            macs=macs,
+            param_bytes=params * self.itemsize,
             activation_bytes=self.activation_bytes,
-            input_bytes=math.prod(input_shape) * self.itemsize,
+            input_bytes=sum(math.prod(shape) for shape in inputs.values()) * self.itemsize,
             largest_activation_bytes=self.largest[0],
             largest_activation_path=self.largest[1],
-            saved_bytes=out.saved_bytes,
+            saved_bytes=saved,
         )
         return Report(
             name=network.name,
@@ -327,6 +371,8 @@ class _Analyzer:
             warnings=tuple(self.warnings),
             source=network.source,
             network=network,
+            input_shapes=inputs,
+            outputs={label: value[0] for label, value in outputs.items()},
         )
 
 

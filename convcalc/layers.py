@@ -1324,15 +1324,14 @@ class Upsample(Leaf):
         return Window(2, 1 / scale, shift)
 
 
-class ZeroPad(Leaf):
-    """``nn.ZeroPad1d``/``2d``/``3d``: padding is (left, right[, top, bottom[, front, back]])."""
+class _Pad(Leaf):
+    """The padding families: padding is (left, right[, top, bottom[, front, back]]) as in
+    torch, one number for every side, and negative values crop."""
 
-    torch_names: ClassVar[tuple[str, ...]] = ("ZeroPad1d", "ZeroPad2d", "ZeroPad3d")
-    type: Literal["zeropad1d", "zeropad2d", "zeropad3d"]
     padding: SignedIntOrInts
 
     @model_validator(mode="after")
-    def _check(self) -> "ZeroPad":
+    def _check_padding(self) -> "_Pad":
         if isinstance(self.padding, tuple) and len(self.padding) != 2 * self.dims:
             raise ValueError(
                 f"padding: {self.type} takes one value or {2 * self.dims} "
@@ -1349,10 +1348,24 @@ class ZeroPad(Leaf):
         pairs = [(flat[2 * i], flat[2 * i + 1]) for i in range(self.dims)]
         return tuple(reversed(pairs))
 
+    def _check_limits(self, spatial: Sequence[int], pads: tuple[tuple[int, int], ...]) -> None:
+        """Refuse padding torch cannot apply to this input. Constant padding crops first
+        (negative values), so it may not crop more than there is."""
+        for name, n, (a, b) in zip(SPATIAL_NAMES[self.dims], spatial, pads):
+            if n + min(a, 0) + min(b, 0) < 0:
+                raise _fail(
+                    f"padding {[a, b]} crops {-min(a, 0) - min(b, 0)} pixels from the input "
+                    f"size {n} in {name}: more than there are"
+                )
+
+    def _arguments(self) -> str:
+        return f"p={list(per_dim(self.padding, 2 * self.dims))}"
+
     def infer(self, input_shape: Shape) -> LayerResult:
         self._require_rank(input_shape, self.dims + 2)
         batch, channels, *spatial = input_shape
         pads = self.pads()
+        self._check_limits(spatial, pads)
         output = tuple(n + a + b for n, (a, b) in zip(spatial, pads))
         _too_small(
             SPATIAL_NAMES[self.dims],
@@ -1366,11 +1379,571 @@ class ZeroPad(Leaf):
                 for name, n, (a, b), o in zip(SPATIAL_NAMES[self.dims], spatial, pads, output)
             ),
             windows=tuple(Window(1, 1, a) for a, _ in pads),
-            arguments=f"p={list(per_dim(self.padding, 2 * self.dims))}",
+            arguments=self._arguments(),
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
         return NOTHING_SAVED
+
+
+class ZeroPad(_Pad):
+    """``nn.ZeroPad1d``/``2d``/``3d``."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("ZeroPad1d", "ZeroPad2d", "ZeroPad3d")
+    type: Literal["zeropad1d", "zeropad2d", "zeropad3d"]
+
+
+class ConstantPad(_Pad):
+    """``nn.ConstantPad1d``/``2d``/``3d``: ``value`` is required, as in torch."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("ConstantPad1d", "ConstantPad2d", "ConstantPad3d")
+    type: Literal["constantpad1d", "constantpad2d", "constantpad3d"]
+    value: Float
+
+    def _arguments(self) -> str:
+        return f"{super()._arguments()} value={self.value:g}"
+
+
+class ReflectionPad(_Pad):
+    """``nn.ReflectionPad1d``/``2d``/``3d``: the border pixel is not repeated, so each side's
+    padding must be smaller than the input size."""
+
+    torch_names: ClassVar[tuple[str, ...]] = (
+        "ReflectionPad1d",
+        "ReflectionPad2d",
+        "ReflectionPad3d",
+    )
+    type: Literal["reflectionpad1d", "reflectionpad2d", "reflectionpad3d"]
+
+    def _check_limits(self, spatial: Sequence[int], pads: tuple[tuple[int, int], ...]) -> None:
+        for name, n, (a, b) in zip(SPATIAL_NAMES[self.dims], spatial, pads):
+            if max(a, b) >= n:
+                raise _fail(
+                    f"reflection padding {max(a, b)} must be smaller than the input size {n} "
+                    f"in {name}"
+                )
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return Saved(None, input_for_its_gradient=True)  # backward reads the input
+
+
+class ReplicationPad(_Pad):
+    """``nn.ReplicationPad1d``/``2d``/``3d``: any padding (the border pixel repeats)."""
+
+    torch_names: ClassVar[tuple[str, ...]] = (
+        "ReplicationPad1d",
+        "ReplicationPad2d",
+        "ReplicationPad3d",
+    )
+    type: Literal["replicationpad1d", "replicationpad2d", "replicationpad3d"]
+
+    def _check_limits(self, spatial: Sequence[int], pads: tuple[tuple[int, int], ...]) -> None:
+        pass  # it crops and pads in one step: only the output size counts
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return Saved(None, input_for_its_gradient=True)  # backward reads the input
+
+
+class CircularPad(_Pad):
+    """``nn.CircularPad1d``/``2d``/``3d``: wraps around at most once."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("CircularPad1d", "CircularPad2d", "CircularPad3d")
+    type: Literal["circularpad1d", "circularpad2d", "circularpad3d"]
+
+    def _check_limits(self, spatial: Sequence[int], pads: tuple[tuple[int, int], ...]) -> None:
+        super()._check_limits(spatial, pads)
+        for name, n, (a, b) in zip(SPATIAL_NAMES[self.dims], spatial, pads):
+            if max(a, b) > n:
+                raise _fail(
+                    f"circular padding {max(a, b)} must be at most the input size {n} in "
+                    f"{name} (torch wraps around once only)"
+                )
+
+
+# ---------------------------------------------------------------------------------------
+# More activations
+
+
+def _inplace_copy(input_shape: Shape, itemsize: int, inplace: bool) -> Saved:
+    """Backward reads the input; in place, autograd first keeps a copy of it."""
+    if inplace:
+        return Saved(None, math.prod(input_shape) * itemsize, shares_input=True)
+    return Saved("input")
+
+
+class PReLU(Leaf):
+    """``nn.PReLU``: one learnable slope, or one per channel (``num_parameters`` = C)."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("PReLU",)
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
+    type: Literal["prelu"]
+    num_parameters: PositiveInt = 1
+    init: Float = 0.25
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        channels = input_shape[1] if len(input_shape) >= 2 else 1
+        if self.num_parameters not in (1, channels):
+            raise _fail(
+                f"num_parameters is {self.num_parameters} but the incoming shape "
+                f"{format_shape(input_shape)} has {_plural(channels, 'channel')} "
+                f"(give 1 or {channels})"
+            )
+        per = "one slope" if self.num_parameters == 1 else "a slope per channel"
+        return LayerResult(
+            output_shape=input_shape,
+            params=self.num_parameters,
+            arguments=f"slopes={self.num_parameters}",
+            explanation=(f"params: {self.num_parameters} = {self.num_parameters} ({per})",),
+        )
+
+
+class Mish(Leaf):
+    """``nn.Mish``: x·tanh(softplus(x))."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("Mish",)
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
+    functional_names: ClassVar[dict[str, str]] = {"mish": "mish"}
+    type: Literal["mish"]
+    inplace: Bool = False
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        return LayerResult(output_shape=input_shape)
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return _inplace_copy(input_shape, itemsize, self.inplace)
+
+
+class Softplus(Leaf):
+    """``nn.Softplus``: log(1 + exp(β·x))/β, linear above ``threshold``."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("Softplus",)
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
+    type: Literal["softplus"]
+    beta: Float = 1.0
+    threshold: Float = 20.0
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        return LayerResult(
+            output_shape=input_shape, arguments=f"beta={self.beta:g} threshold={self.threshold:g}"
+        )
+
+
+class SELU(Leaf):
+    """``nn.SELU``: a scaled ELU with fixed constants, saved as ELU is."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("SELU",)
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
+    functional_names: ClassVar[dict[str, str]] = {"selu": "selu", "selu_": "selu"}
+    type: Literal["selu"]
+    inplace: Bool = False
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        return LayerResult(output_shape=input_shape)
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return Saved("output", shares_input=True) if self.inplace else Saved("input")
+
+
+class CELU(Leaf):
+    """``nn.CELU``: max(0, x) + min(0, α·(exp(x/α) − 1)), saved as ELU is."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("CELU",)
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
+    type: Literal["celu"]
+    alpha: Float = 1.0
+    inplace: Bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "CELU":
+        if self.alpha == 0:
+            raise ValueError("alpha: celu divides by alpha, which must not be 0")
+        return self
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        return LayerResult(output_shape=input_shape, arguments=f"alpha={self.alpha:g}")
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return Saved("output", shares_input=True) if self.inplace else Saved("input")
+
+
+class Hardtanh(Leaf):
+    """``nn.Hardtanh``: clamps to [min_val, max_val]."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("Hardtanh",)
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
+    type: Literal["hardtanh"]
+    min_val: Float = -1.0
+    max_val: Float = 1.0
+    inplace: Bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "Hardtanh":
+        if self.max_val <= self.min_val:
+            raise ValueError(
+                f"max_val ({self.max_val:g}) must be greater than min_val ({self.min_val:g})"
+            )
+        return self
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        return LayerResult(
+            output_shape=input_shape, arguments=f"[{self.min_val:g}, {self.max_val:g}]"
+        )
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return _inplace_copy(input_shape, itemsize, self.inplace)
+
+
+class Shrink(Leaf):
+    """``nn.Hardshrink`` and ``nn.Softshrink``: zero within ±lambd."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("Hardshrink", "Softshrink")
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
+    type: Literal["hardshrink", "softshrink"]
+    lambd: Float = 0.5
+
+    @model_validator(mode="after")
+    def _check(self) -> "Shrink":
+        if self.type == "softshrink" and self.lambd < 0:
+            raise ValueError(f"lambd: softshrink needs lambd ≥ 0, got {self.lambd:g}")
+        return self
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        return LayerResult(output_shape=input_shape, arguments=f"lambd={self.lambd:g}")
+
+
+class ComposedActivation(Leaf):
+    """``nn.Softsign``, ``nn.Tanhshrink`` and ``nn.LogSigmoid``: torch composes them from
+    several operations, which keep more than the input."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("Softsign", "Tanhshrink", "LogSigmoid")
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
+    functional_names: ClassVar[dict[str, str]] = {
+        "softsign": "softsign", "tanhshrink": "tanhshrink", "logsigmoid": "logsigmoid",
+    }  # fmt: skip
+    type: Literal["softsign", "tanhshrink", "logsigmoid"]
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        return LayerResult(output_shape=input_shape)
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        size = math.prod(input_shape) * itemsize
+        if self.type == "tanhshrink":  # x − tanh(x): tanh keeps its result
+            return Saved(None, size)
+        # softsign: x / (1 + |x|) keeps x and 1 + |x|; logsigmoid: x and a buffer
+        return Saved("input", size)
+
+
+# ---------------------------------------------------------------------------------------
+# More reshaping
+
+
+def _sizes_list(field: str, value: int | tuple[int, ...]) -> tuple[int, ...]:
+    if not isinstance(value, tuple):
+        raise ValueError(f"{field}: must be a list, got {value!r}")
+    return value
+
+
+def _dim_in_range(field: str, value: int, shape: Shape) -> int:
+    rank = len(shape)
+    if not -rank <= value < rank:
+        raise _fail(
+            f"{field} {value} is out of range for the incoming shape {format_shape(shape)} "
+            f"(expected {-rank} to {rank - 1})"
+        )
+    return value % rank
+
+
+class Unflatten(Leaf):
+    """``nn.Unflatten``: splits dimension ``dim`` into ``unflattened_size`` (-1 once: the
+    rest)."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("Unflatten",)
+    type: Literal["unflatten"]
+    dim: Int
+    unflattened_size: SignedIntOrInts
+
+    @model_validator(mode="after")
+    def _check(self) -> "Unflatten":
+        sizes = _sizes_list("unflattened_size", self.unflattened_size)
+        if any(s < 1 and s != -1 for s in sizes) or sizes.count(-1) > 1:
+            raise ValueError(
+                f"unflattened_size: sizes must be positive, with at most one -1, got {list(sizes)}"
+            )
+        return self
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        dim = _dim_in_range("dim", self.dim, input_shape)
+        sizes = _sizes_list("unflattened_size", self.unflattened_size)
+        n = input_shape[dim]
+        known = math.prod(s for s in sizes if s != -1)
+        if (n % known if -1 in sizes else n != known) or n == 0:
+            raise _fail(
+                f"unflattened_size {list(sizes)} does not multiply up to {n}, the size of "
+                f"dimension {dim} of the incoming shape {format_shape(input_shape)}"
+            )
+        resolved = tuple(n // known if s == -1 else s for s in sizes)
+        return LayerResult(
+            output_shape=(*input_shape[:dim], *resolved, *input_shape[dim + 1 :]),
+            windows=SpatialMap.POINTWISE if len(sizes) == 1 else SpatialMap.DENSE,
+            arguments=f"dim {dim} → {list(resolved)}",
+        )
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return SAME_STORAGE  # a view
+
+
+class PixelShuffle(Leaf):
+    """``nn.PixelShuffle``: [N, C·r², H, W] → [N, C, H·r, W·r]."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("PixelShuffle",)
+    type: Literal["pixelshuffle"]
+    upscale_factor: PositiveInt
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        self._require_rank(input_shape, 4)
+        batch, channels, height, width = input_shape
+        r = self.upscale_factor
+        if channels % (r * r):
+            raise _fail(
+                f"pixelshuffle needs channels divisible by upscale_factor² = {r * r}, but the "
+                f"incoming shape {format_shape(input_shape)} has {channels} channels"
+            )
+        step = Fraction(1, r)  # output pixel o reads input pixel ⌊o / r⌋
+        return LayerResult(
+            output_shape=(batch, channels // (r * r), height * r, width * r),
+            windows=(Window(1, step, 0), Window(1, step, 0)),
+            arguments=f"×{r}",
+            explanation=(f"H: {height}·{r} = {height * r}", f"W: {width}·{r} = {width * r}"),
+        )
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return NOTHING_SAVED
+
+
+class PixelUnshuffle(Leaf):
+    """``nn.PixelUnshuffle``: [N, C, H·r, W·r] → [N, C·r², H, W]."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("PixelUnshuffle",)
+    type: Literal["pixelunshuffle"]
+    downscale_factor: PositiveInt
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        self._require_rank(input_shape, 4)
+        batch, channels, height, width = input_shape
+        r = self.downscale_factor
+        for name, n in (("H", height), ("W", width)):
+            if n % r:
+                raise _fail(
+                    f"pixelunshuffle needs H and W divisible by downscale_factor {r}, but the "
+                    f"incoming shape {format_shape(input_shape)} has {name} = {n}"
+                )
+        return LayerResult(
+            output_shape=(batch, channels * r * r, height // r, width // r),
+            windows=(Window(r, r, 0), Window(r, r, 0)),
+            arguments=f"÷{r}",
+            explanation=(f"H: {height} / {r} = {height // r}", f"W: {width} / {r} = {width // r}"),
+        )
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return NOTHING_SAVED
+
+
+class ChannelShuffle(Leaf):
+    """``nn.ChannelShuffle`` (ShuffleNet): reorders the channels across ``groups``."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("ChannelShuffle",)
+    type: Literal["channelshuffle"]
+    groups: PositiveInt
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        if len(input_shape) < 3:
+            raise _fail(
+                f"channelshuffle expects input [N, C, ...] with at least 3 dimensions, "
+                f"got {format_shape(input_shape)}"
+            )
+        if input_shape[1] % self.groups:
+            raise _fail(f"the {input_shape[1]} channels do not divide into groups ({self.groups})")
+        return LayerResult(output_shape=input_shape, arguments=f"groups={self.groups}")
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return NOTHING_SAVED
+
+
+class Permute(Leaf):
+    """``torch.permute`` as a layer (torch.nn has none); ``order`` is torch's ``dims``."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("Permute",)
+    custom_module: ClassVar[bool] = True
+    type: Literal["permute"]
+    # torch.permute's `dims`, under another name: every leaf's `dims` is its 1d/2d/3d.
+    order: SignedIntOrInts
+
+    @model_validator(mode="after")
+    def _check(self) -> "Permute":
+        _sizes_list("order", self.order)
+        return self
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        dims = _sizes_list("order", self.order)
+        rank = len(input_shape)
+        if len(dims) != rank:
+            raise _fail(
+                f"order {list(dims)} has {len(dims)} entries for the {rank} dimensions of the "
+                f"incoming shape {format_shape(input_shape)}"
+            )
+        order = [_dim_in_range("order entry", d, input_shape) for d in dims]
+        if sorted(order) != list(range(rank)):
+            raise _fail(f"order {list(dims)} is not a permutation of 0 … {rank - 1}")
+        # Positions keep their meaning only while the spatial dimensions stay in place.
+        spatial_kept = order[2:] == list(range(2, rank))
+        return LayerResult(
+            output_shape=tuple(input_shape[d] for d in order),
+            windows=SpatialMap.POINTWISE if spatial_kept else SpatialMap.DENSE,
+            arguments=f"{order}",
+        )
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return SAME_STORAGE  # a view
+
+
+class Mean(Leaf):
+    """``torch.mean`` over ``dim`` as a layer (torch.nn has none); 0 MACs, like pooling."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("Mean",)
+    custom_module: ClassVar[bool] = True
+    type: Literal["mean"]
+    dim: SignedIntOrInts
+    keepdim: Bool = False
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        dims = self.dim if isinstance(self.dim, tuple) else (self.dim,)
+        reduced = [_dim_in_range("dim", d, input_shape) for d in dims]
+        if len(set(reduced)) < len(reduced):
+            twice = next(d for d in reduced if reduced.count(d) > 1)
+            raise _fail(
+                f"dim {list(dims)} names dimension {twice} twice for the incoming shape "
+                f"{format_shape(input_shape)}"
+            )
+        output = tuple(
+            1 if i in reduced else n
+            for i, n in enumerate(input_shape)
+            if self.keepdim or i not in reduced
+        )
+        windows: tuple[Window, ...] | SpatialMap = SpatialMap.DENSE
+        if self.keepdim:  # like global pooling over the reduced spatial dimensions
+            windows = tuple(
+                Window(n, n, 0) if i in reduced else Window(1, 1, 0)
+                for i, n in enumerate(input_shape)
+                if i >= 2
+            )
+            if not any(i >= 2 for i in reduced):
+                windows = SpatialMap.POINTWISE
+        return LayerResult(
+            output_shape=output,
+            windows=windows,
+            arguments=f"dim={sorted(reduced)}" + (" keepdim" if self.keepdim else ""),
+        )
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return NOTHING_SAVED  # backward needs only the sizes
+
+
+# ---------------------------------------------------------------------------------------
+# Norms and regularisers torch.nn lacks (classes in convcalc.torch_modules)
+
+
+class LayerNorm2d(Leaf):
+    """Layer norm over the channels of [N, C, H, W] at each position (ConvNeXt's)."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("LayerNorm2d",)
+    custom_module: ClassVar[bool] = True
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
+    type: Literal["layernorm2d"]
+    num_channels: PositiveInt | None = None
+    eps: Float = 1e-6
+    elementwise_affine: Bool = True
+    bias: Bool = True
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        self._require_rank(input_shape, 4)
+        channels = self._check_declared(
+            "num_channels", self.num_channels, input_shape[1], input_shape
+        )
+        per = (2 if self.bias else 1) if self.elementwise_affine else 0
+        which = "a weight and a bias" if self.bias else "a weight"
+        return LayerResult(
+            output_shape=input_shape,
+            params=per * channels,
+            arguments="over C" + ("" if self.elementwise_affine else " affine=False"),
+            explanation=(
+                f"params: {per}·{channels} = {per * channels:,} ({which} per channel)"
+                if per
+                else "params: 0 (elementwise_affine: false)",
+            ),
+        )
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        batch, _, height, width = input_shape
+        return Saved("input", 2 * batch * height * width * _stat_bytes(itemsize))
+
+
+class LayerScale(Leaf):
+    """A learnable scale per channel (ConvNeXt's layer scale): x · γ, γ of size C."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("LayerScale",)
+    custom_module: ClassVar[bool] = True
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
+    type: Literal["layerscale"]
+    num_channels: PositiveInt | None = None
+    init_value: Float = 1e-6
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        if len(input_shape) < 2:
+            raise _fail(f"layerscale expects input [N, C, ...], got {format_shape(input_shape)}")
+        channels = self._check_declared(
+            "num_channels", self.num_channels, input_shape[1], input_shape
+        )
+        return LayerResult(
+            output_shape=input_shape,
+            params=channels,
+            arguments=f"init={self.init_value:g}",
+            explanation=(f"params: {channels} = {channels:,} (a scale per channel)",),
+        )
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        return Saved("input", weight_grad_only=True)  # for γ's gradient only
+
+
+class StochasticDepth(Leaf):
+    """torchvision's ``StochasticDepth`` (alias ``droppath``): drops whole samples (row)
+    or the whole batch with probability ``p`` in training; the identity at inference."""
+
+    torch_names: ClassVar[tuple[str, ...]] = ("StochasticDepth", "DropPath")
+    custom_module: ClassVar[bool] = True
+    identity_for_receptive_field: ClassVar[bool] = True
+    drawn_folded: ClassVar[bool] = True
+    type: Literal["stochasticdepth", "droppath"]
+    p: Probability
+    mode: Literal["row", "batch"] = "row"
+
+    def infer(self, input_shape: Shape) -> LayerResult:
+        return LayerResult(output_shape=input_shape, arguments=f"p={self.p:g} {self.mode}")
+
+    def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
+        if self.p == 0:
+            return SAME_STORAGE  # torchvision returns the input itself
+        noise = input_shape[0] if self.mode == "row" else 1  # one value per sample, or one
+        return Saved(None, noise * itemsize)
 
 
 LEAF_CLASSES: tuple[type[Leaf], ...] = (
@@ -1395,4 +1968,25 @@ LEAF_CLASSES: tuple[type[Leaf], ...] = (
     Linear,
     Upsample,
     ZeroPad,
+    ConstantPad,
+    ReflectionPad,
+    ReplicationPad,
+    CircularPad,
+    PReLU,
+    Mish,
+    Softplus,
+    SELU,
+    CELU,
+    Hardtanh,
+    Shrink,
+    ComposedActivation,
+    Unflatten,
+    PixelShuffle,
+    PixelUnshuffle,
+    ChannelShuffle,
+    Permute,
+    Mean,
+    LayerNorm2d,
+    LayerScale,
+    StochasticDepth,
 )

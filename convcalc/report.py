@@ -50,6 +50,11 @@ class LayerRow:
     arguments: str = ""
     is_block: bool = False
     line: int | None = None
+    # Layers with several inputs or outputs (merges, splits): all their shapes; and
+    # the outputs a layer with ``from`` reads (their paths, ``path.k`` for a piece).
+    input_shapes: tuple[Shape, ...] = ()
+    output_shapes: tuple[Shape, ...] = ()
+    sources: tuple[str, ...] = ()
 
     @property
     def non_trainable_params(self) -> int:
@@ -80,6 +85,13 @@ class LayerRow:
             "arguments": self.arguments,
             "is_block": self.is_block,
             "explanation": list(self.explanation),
+            **({"input_shapes": [list(s) for s in self.input_shapes]} if self.input_shapes else {}),
+            **(
+                {"output_shapes": [list(s) for s in self.output_shapes]}
+                if self.output_shapes
+                else {}
+            ),
+            **({"from": list(self.sources)} if self.sources else {}),
         }
 
 
@@ -186,10 +198,15 @@ class Report:
     warnings: tuple[SpecWarning, ...]
     source: str | None = None
     network: Network | None = field(default=None, compare=False, repr=False)
+    # Every input's and every output's shape (with batch) by name.
+    input_shapes: dict[str, Shape] = field(default_factory=dict)
+    outputs: dict[str, Shape] = field(default_factory=dict)
 
     @property
     def output_shape(self) -> Shape:
-        """The network's output shape (with batch)."""
+        """The network's (first) output shape (with batch)."""
+        if self.outputs:
+            return next(iter(self.outputs.values()))
         return self.top_level_output().output_shape
 
     def training_memory(self, optimizer: str = "sgd") -> TrainingMemory:
@@ -231,6 +248,16 @@ class Report:
             "name": self.name,
             "input_shape": list(self.input_shape),
             "output_shape": list(self.output_shape),
+            **(
+                {"input_shapes": {k: list(v) for k, v in self.input_shapes.items()}}
+                if len(self.input_shapes) > 1
+                else {}
+            ),
+            **(
+                {"outputs": {k: list(v) for k, v in self.outputs.items()}}
+                if len(self.outputs) > 1
+                else {}
+            ),
             "dtype": self.dtype,
             "layers": [row.to_dict() for row in self.rows if depth is None or row.depth <= depth],
             "totals": self.totals.to_dict(),

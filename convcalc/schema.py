@@ -11,11 +11,12 @@ import json
 from typing import Any
 
 from convcalc.layers import LEAF_CLASSES
+from convcalc.merges import MERGE_CLASSES
 from convcalc.spec import BLOCK_CLASSES, LAYER_PLACEHOLDER, Network
 
 __all__ = ["SCHEMA_ID", "spec_schema", "spec_schema_text"]
 
-SCHEMA_ID = "https://convcalc.dev/schema/spec-v1.json"
+SCHEMA_ID = "https://convcalc.dev/schema/spec-v2.json"
 _REF = "#/$defs/{model}"
 
 
@@ -26,19 +27,38 @@ def spec_schema() -> dict[str, Any]:
     schema["patternProperties"] = {"^x-": {}}
     definitions: dict[str, Any] = schema.setdefault("$defs", {})
     bare_names: list[str] = []
-    for cls in (*LEAF_CLASSES, *BLOCK_CLASSES):
+    classes = (*LEAF_CLASSES, *MERGE_CLASSES, *BLOCK_CLASSES)
+    for cls in classes:
         model = cls.model_json_schema(ref_template=_REF)
         definitions.update(model.pop("$defs", {}))
         names = _type_names(cls)
         model["properties"]["type"] = {"enum": names, "title": "Type"}
         definitions[cls.__name__] = model
-        if cls in LEAF_CLASSES:
+        if cls not in BLOCK_CLASSES:
             bare_names += names
+    every_name = [name for cls in classes for name in _type_names(cls)]
+    # A use of a parameterised block: its type is a name from the spec's blocks (which a
+    # schema cannot look up), its other keys the block's parameters.
+    definitions["BlockCall"] = {
+        "title": "BlockCall",
+        "description": "A use of a block from the spec's blocks, with its arguments.",
+        "type": "object",
+        "required": ["type"],
+        # lower case here, so a layer type in the wrong case is not taken for a block
+        "properties": {
+            "type": {
+                "type": "string",
+                "pattern": "^[a-z_][a-z0-9_-]*$",
+                "not": {"enum": every_name},
+            }
+        },
+    }
     definitions["Layer"] = {
         "title": "Layer",
         "description": "A layer or block: a mapping with a type, or just a layer's type name.",
         "anyOf": [
-            *({"$ref": _REF.format(model=cls.__name__)} for cls in (*LEAF_CLASSES, *BLOCK_CLASSES)),
+            *({"$ref": _REF.format(model=cls.__name__)} for cls in classes),
+            {"$ref": _REF.format(model="BlockCall")},
             {"type": "string", "enum": bare_names},
         ],
     }
@@ -46,7 +66,7 @@ def spec_schema() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,
         **schema,
-        "title": "convcalc spec (version 1)",
+        "title": "convcalc spec (versions 1 and 2)",
     }
     replaced: dict[str, Any] = _replace_placeholder(full)
     return replaced

@@ -20,7 +20,22 @@ import convcalc
 from convcalc.layers import Leaf
 from convcalc.spec import LAYER_TYPES
 
-LEAVES = sorted(name for name, cls in LAYER_TYPES.items() if issubclass(cls, Leaf))
+# Single-input leaves (merges and splits have their own tests, on random graphs).
+LEAVES = sorted(
+    name
+    for name, cls in LAYER_TYPES.items()
+    if issubclass(cls, Leaf) and cls.__module__ != "convcalc.merges"
+)
+
+# Layers that take inputs of any rank (beyond the batch and the channels).
+ANY_RANK = (
+    "prelu", "mish", "softplus", "selu", "celu", "hardtanh", "hardshrink", "softshrink",
+    "softsign", "tanhshrink", "logsigmoid", "unflatten", "channelshuffle", "permute", "mean",
+    "layerscale", "stochasticdepth", "droppath",
+)  # fmt: skip
+# torch reads [*, C, H, W]: other ranks are not a batch of [C, H, W] (see compare_with_torch).
+RANK_FOUR = ("pixelshuffle", "pixelunshuffle")
+PAD_FAMILIES = ("ZeroPad", "ConstantPad", "ReflectionPad", "ReplicationPad", "CircularPad")
 
 small = st.integers(1, 4)
 
@@ -49,6 +64,7 @@ def layer_and_shape(draw):
         "elu",
         "gelu",
         "layernorm",
+        *ANY_RANK,
     ):
         rank = draw(st.integers(2, 4))
     if draw(st.integers(0, 9)) == 0:  # sometimes the wrong number of dimensions
@@ -133,24 +149,71 @@ def layer_and_shape(draw):
             spec["scale_factor"] = draw(st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0]))
         if mode in ("linear", "bilinear", "bicubic", "trilinear") and draw(st.booleans()):
             spec["align_corners"] = draw(st.booleans())
-    elif family == "ZeroPad":
+    elif family in PAD_FAMILIES:
+        low, high = (-1, 3) if family == "ZeroPad" else (-2, 6)
         spec["padding"] = draw(
             st.one_of(
-                st.integers(-1, 3),
-                st.lists(st.integers(-1, 3), min_size=2 * dims, max_size=2 * dims),
+                st.integers(low, high),
+                st.lists(st.integers(low, high), min_size=2 * dims, max_size=2 * dims),
             )
         )
+        if family == "ConstantPad":
+            spec["value"] = draw(st.sampled_from([0, -1.5, 2.0]))
+    elif family == "PReLU":
+        spec["num_parameters"] = draw(st.sampled_from([1, channels, draw(st.integers(1, 6))]))
+        spec["init"] = draw(st.sampled_from([0.0, 0.25, -1.0]))
+    elif family in ("Mish", "SELU", "CELU", "Hardtanh"):
+        spec["inplace"] = draw(st.booleans())
+        if family == "Hardtanh":
+            spec["min_val"], spec["max_val"] = draw(st.sampled_from([(-1, 1), (0, 6), (2, 1)]))
+        if family == "CELU":
+            spec["alpha"] = draw(st.sampled_from([0.5, 1.0, 2.0]))
+    elif family == "Softplus":
+        spec["beta"] = draw(st.sampled_from([0.5, 1.0, 2.0]))
+        spec["threshold"] = draw(st.sampled_from([1.0, 20.0]))
+    elif family == "Shrink":
+        spec["lambd"] = draw(st.sampled_from([-0.5, 0.0, 0.5, 2.0]))
+    elif family == "Unflatten":
+        spec["dim"] = draw(st.integers(-4, 3))
+        spec["unflattened_size"] = draw(
+            st.lists(st.sampled_from([-1, 1, 2, 3, 4, 6]), min_size=1, max_size=3)
+        )
+    elif family == "PixelShuffle":
+        spec["upscale_factor"] = draw(st.integers(1, 3))
+    elif family == "PixelUnshuffle":
+        spec["downscale_factor"] = draw(st.integers(1, 3))
+    elif family == "ChannelShuffle":
+        spec["groups"] = draw(st.integers(1, 4))
+    elif family == "Permute":
+        spec["order"] = draw(
+            st.one_of(
+                st.permutations(range(len(shape))),
+                st.lists(st.integers(-4, 4), min_size=1, max_size=5),
+            )
+        )
+    elif family == "Mean":
+        spec["dim"] = draw(
+            st.one_of(st.integers(-4, 4), st.lists(st.integers(-4, 4), min_size=1, max_size=3))
+        )
+        spec["keepdim"] = draw(st.booleans())
+    elif family == "LayerNorm2d":
+        spec["elementwise_affine"] = draw(st.booleans())
+        spec["bias"] = draw(st.booleans())
+    elif family == "LayerScale":
+        spec["init_value"] = draw(st.sampled_from([1e-6, 1.0]))
+    elif family == "StochasticDepth":
+        spec["p"] = draw(st.sampled_from([0.0, 0.2, 1.0]))
+        spec["mode"] = draw(st.sampled_from(["row", "batch"]))
     return spec, shape
 
 
 def _torch_result(spec: dict, shape: tuple[int, ...]):
     """torch's numbers, or None when torch refuses the layer or the input."""
-    from convcalc.torch_bridge import torch_arguments
+    from convcalc.torch_bridge import torch_layer
 
     layer = LAYER_TYPES[spec["type"]].model_validate(spec)
-    arguments = torch_arguments(layer, shape)
     try:
-        module = getattr(torch.nn, layer.torch_name)(**arguments).eval()
+        module = torch_layer(layer, shape).eval()  # torch.nn's, or convcalc.torch_modules'
         counter = FlopCounterMode(display=False)
         with warnings.catch_warnings(), counter, torch.no_grad():
             warnings.simplefilter("ignore")
@@ -196,6 +259,8 @@ def compare_with_torch(spec: dict, shape: tuple[int, ...]) -> None:
     calculated, message = _calculator_result(spec, shape)
     layer_class = LAYER_TYPES[spec["type"]]
     dims = int(spec["type"][-2]) if spec["type"][-2:] in ("1d", "2d", "3d") else 0
+    if spec["type"] in RANK_FOUR:
+        dims = 2
     if dims and layer_class.__name__ != "Dropout" and len(shape) != dims + 2:
         # torch reads other ranks as one unbatched sample (or as spatial dimensions
         # only); convcalc shapes are always [N, C, *spatial], so the two do not

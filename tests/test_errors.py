@@ -169,6 +169,93 @@ CASES = {
         convcalc.SpecSyntaxError,
         ":4: YAML syntax error: duplicate key 'out_channels' (first on line 4) (column 53)",
     ),
+    "pixelshuffle_channels": (
+        "input: [6, 8, 8]\nlayers:\n  - {type: pixelshuffle, upscale_factor: 2}\n",
+        convcalc.ShapeError,
+        ":3: layers.0: pixelshuffle needs channels divisible by upscale_factor² = 4, but the "
+        "incoming shape [1, 6, 8, 8] has 6 channels",
+    ),
+    "pixelunshuffle_size": (
+        "input: [3, 8, 9]\nlayers:\n  - {type: pixelunshuffle, downscale_factor: 2}\n",
+        convcalc.ShapeError,
+        ":3: layers.0: pixelunshuffle needs H and W divisible by downscale_factor 2, but the "
+        "incoming shape [1, 3, 8, 9] has W = 9",
+    ),
+    "reflection_pad_too_large": (
+        "input: [3, 4, 6]\nlayers:\n  - {type: reflectionpad2d, padding: [1, 1, 4, 0]}\n",
+        convcalc.ShapeError,
+        ":3: layers.0: reflection padding 4 must be smaller than the input size 4 in H",
+    ),
+    "circular_pad_too_large": (
+        "input: [3, 4]\nlayers:\n  - {type: circularpad1d, padding: [5, 0]}\n",
+        convcalc.ShapeError,
+        ":3: layers.0: circular padding 5 must be at most the input size 4 in L (torch wraps "
+        "around once only)",
+    ),
+    "pad_crops_too_much": (
+        "input: [3, 4]\nlayers:\n  - {type: constantpad1d, padding: [-5, 3], value: 0}\n",
+        convcalc.ShapeError,
+        ":3: layers.0: padding [-5, 3] crops 5 pixels from the input size 4 in L: more than there "
+        "are",
+    ),
+    "unflatten_product": (
+        "input: [6, 8, 8]\nlayers:\n  - {type: unflatten, dim: 1, unflattened_size: [4, 2]}\n",
+        convcalc.ShapeError,
+        ":3: layers.0: unflattened_size [4, 2] does not multiply up to 6, the size of dimension 1 "
+        "of the incoming shape [1, 6, 8, 8]",
+    ),
+    "unflatten_two_unknown": (
+        "input: [6, 8, 8]\nlayers:\n  - {type: unflatten, dim: 1, unflattened_size: [-1, -1]}\n",
+        convcalc.SpecValidationError,
+        ":3: layers.0: unflattened_size: sizes must be positive, with at most one -1, got [-1, -1]",
+    ),
+    "unflatten_scalar": (
+        "input: [6, 8, 8]\nlayers:\n  - {type: unflatten, dim: 1, unflattened_size: 6}\n",
+        convcalc.SpecValidationError,
+        ":3: layers.0: unflattened_size: must be a list, got 6",
+    ),
+    "channelshuffle_groups": (
+        "input: [3, 8, 8]\nlayers:\n  - {type: channelshuffle, groups: 2}\n",
+        convcalc.ShapeError,
+        ":3: layers.0: the 3 channels do not divide into groups (2)",
+    ),
+    "permute_not_a_permutation": (
+        "input: [3, 8, 8]\nlayers:\n  - {type: permute, order: [0, 1, 1, 2]}\n",
+        convcalc.ShapeError,
+        ":3: layers.0: order [0, 1, 1, 2] is not a permutation of 0 … 3",
+    ),
+    "permute_length": (
+        "input: [3, 8, 8]\nlayers:\n  - {type: permute, order: [0, 2, 1]}\n",
+        convcalc.ShapeError,
+        ":3: layers.0: order [0, 2, 1] has 3 entries for the 4 dimensions of the incoming shape "
+        "[1, 3, 8, 8]",
+    ),
+    "prelu_parameters": (
+        "input: [3, 8, 8]\nlayers:\n  - {type: prelu, num_parameters: 4}\n",
+        convcalc.ShapeError,
+        ":3: layers.0: num_parameters is 4 but the incoming shape [1, 3, 8, 8] has 3 channels "
+        "(give 1 or 3)",
+    ),
+    "mean_twice": (
+        "input: [3, 8, 8]\nlayers:\n  - {type: mean, dim: [2, -2]}\n",
+        convcalc.ShapeError,
+        ":3: layers.0: dim [2, -2] names dimension 2 twice for the incoming shape [1, 3, 8, 8]",
+    ),
+    "hardtanh_range": (
+        "input: [3, 8, 8]\nlayers:\n  - {type: hardtanh, min_val: 1, max_val: 0}\n",
+        convcalc.SpecValidationError,
+        ":3: layers.0: max_val (0) must be greater than min_val (1)",
+    ),
+    "stochasticdepth_mode": (
+        "input: [3, 8, 8]\nlayers:\n  - {type: stochasticdepth, p: 0.1, mode: col}\n",
+        convcalc.SpecValidationError,
+        ":3: layers.0: mode: must be 'row' or 'batch', got 'col'",
+    ),
+    "layernorm2d_rank": (
+        "input: [3, 8]\nlayers:\n  - {type: layernorm2d}\n",
+        convcalc.ShapeError,
+        ":3: layers.0: layernorm2d expects input [N, C, H, W] but gets [1, 3, 8] (3 dimensions)",
+    ),
     "top_level_field": (
         "input: [3, 0, 32]\nlayers: [relu]\n",
         convcalc.SpecValidationError,

@@ -266,3 +266,61 @@ def test_export_runs_as_a_script(tmp_path):
     code.write_text(export_pytorch(SPECS_DIR / "mnist_cnn.yaml"), encoding="utf-8")
     run = subprocess.run([sys.executable, str(code)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "torch.Size([1, 10])"
+
+
+CUSTOM_MODULES_SPEC = {
+    "name": "convnext block",
+    "input": [3, 16, 16],
+    "batch_size": 2,
+    "layers": [
+        {"type": "conv2d", "out_channels": 8, "kernel_size": 4, "stride": 4},
+        "layernorm2d",
+        {
+            "type": "residual",
+            "layers": [
+                {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1, "groups": 8},
+                {"type": "layernorm2d", "eps": 1e-5, "bias": False},
+                {"type": "permute", "order": [0, 2, 3, 1]},
+                {"type": "linear", "in_features": 8, "out_features": 32},
+                "gelu",
+                {"type": "linear", "in_features": 32, "out_features": 8},
+                {"type": "permute", "order": [0, 3, 1, 2]},
+                {"type": "layerscale", "init_value": 0.5},
+                {"type": "stochasticdepth", "p": 0.25, "mode": "batch"},
+                {"type": "droppath", "p": 0.1},
+            ],
+        },
+        {"type": "mean", "dim": [2, 3], "keepdim": True},
+        "flatten",
+    ],
+}
+
+
+def test_exported_custom_modules_match_build_module(tmp_path):
+    text = export_pytorch(CUSTOM_MODULES_SPEC)
+    assert not any(
+        line.startswith(("import ", "from ")) and "torch" not in line for line in text.splitlines()
+    )  # the custom classes came along, importing only torch
+    for name in ("LayerNorm2d", "LayerScale", "StochasticDepth", "DropPath", "Permute", "Mean"):
+        assert f"\nclass {name}(nn.Module):" in text
+    namespace: dict = {}
+    exec(compile(text, "exported.py", "exec"), namespace)
+    model = namespace["ConvnextBlock"]().eval()
+    reference = convcalc.build_module(CUSTOM_MODULES_SPEC).eval()
+    report = convcalc.analyze(CUSTOM_MODULES_SPEC)
+    count = sum(p.numel() for p in model.parameters())
+    assert count == sum(p.numel() for p in reference.parameters()) == report.totals.params
+    assert list(model.state_dict()) == list(reference.state_dict())
+    model.load_state_dict(reference.state_dict())
+    x = torch.randn(report.input_shape)
+    with torch.no_grad():
+        assert tuple(model(x).shape) == tuple(reference(x).shape) == report.output_shape
+        assert torch.equal(model(x), reference(x))  # the same modules, the same weights
+    code = tmp_path / "exported.py"
+    code.write_text(text, encoding="utf-8")
+    lint = subprocess.run(
+        [*RUFF, "check", "--isolated", "--select", "E,F,W,I,B,UP", "--ignore", "E501", str(code)],
+        capture_output=True,
+        text=True,
+    )
+    assert lint.returncode == 0, lint.stdout

@@ -113,6 +113,32 @@ INPLACE_AND_SPECIAL = [
     {"type": "flatten"},
     {"type": "identity"},
     {"type": "softmax", "dim": 1},
+    {"type": "prelu", "trainable": False},
+    {"type": "prelu", "num_parameters": 4},
+    {"type": "mish", "inplace": True},
+    {"type": "hardtanh", "min_val": -2, "inplace": True},
+    {"type": "selu", "inplace": True},
+    {"type": "celu", "alpha": 2, "inplace": True},
+    {"type": "softsign"},
+    {"type": "tanhshrink"},
+    {"type": "logsigmoid"},
+    {"type": "reflectionpad2d", "padding": [2, 1, 0, 3]},
+    {"type": "replicationpad2d", "padding": [4, -1, 1, 2]},
+    {"type": "circularpad2d", "padding": 2},
+    {"type": "constantpad2d", "padding": [1, 1, -1, 0], "value": 2},
+    {"type": "pixelshuffle", "upscale_factor": 2},
+    {"type": "channelshuffle", "groups": 2},
+    {"type": "unflatten", "dim": 1, "unflattened_size": [2, -1]},
+    {"type": "permute", "order": [0, 2, 3, 1]},
+    {"type": "mean", "dim": [2, 3], "keepdim": True},
+    {"type": "layernorm2d"},
+    {"type": "layernorm2d", "trainable": False},
+    {"type": "layernorm2d", "elementwise_affine": False},
+    {"type": "layerscale"},
+    {"type": "layerscale", "trainable": False},
+    {"type": "stochasticdepth", "p": 0.3, "mode": "batch"},
+    {"type": "stochasticdepth", "p": 0.0},
+    {"type": "droppath", "p": 1.0},
 ]
 
 
@@ -124,6 +150,38 @@ def test_inplace_frozen_and_special_layers(spec, after_trainable, dtype):
     network = _single(spec, shape, [_prefix(shape)] if after_trainable else [])
     expected = torch_saved_bytes(network, dtype)
     assert convcalc.analyze(network, dtype=dtype).totals.saved_bytes == expected
+
+
+def test_new_families_in_a_convnext_like_block_save_what_torch_saves():
+    network = {
+        "input": [4, 8, 8],
+        "batch_size": 2,
+        "layers": [
+            {"type": "reflectionpad2d", "padding": 1},
+            {"type": "conv2d", "out_channels": 8, "kernel_size": 3},
+            {
+                "type": "residual",
+                "layers": [
+                    {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+                    "layernorm2d",
+                    {"type": "permute", "order": [0, 2, 3, 1]},
+                    {"type": "linear", "in_features": 8, "out_features": 16},
+                    {"type": "hardtanh", "inplace": True},
+                    {"type": "linear", "in_features": 16, "out_features": 8},
+                    {"type": "permute", "order": [0, 3, 1, 2]},
+                    "layerscale",
+                    {"type": "stochasticdepth", "p": 0.5},
+                ],
+            },
+            {"type": "pixelunshuffle", "downscale_factor": 2},
+            {"type": "channelshuffle", "groups": 4},
+            "mish",
+            {"type": "mean", "dim": [-1, -2]},
+            {"type": "unflatten", "dim": 1, "unflattened_size": [4, 8]},
+            {"type": "prelu", "num_parameters": 4},
+        ],
+    }
+    assert convcalc.analyze(network).totals.saved_bytes == torch_saved_bytes(network)
 
 
 def test_a_frozen_linear_saves_nothing_even_inside_a_trained_network():
