@@ -88,6 +88,7 @@ class _Importer:
         class Tracer(fx.Tracer):  # type: ignore[misc,name-defined]
             def is_leaf_module(self, m: Any, qualname: str) -> bool:
                 named = qualname in leaves or type(m).__name__ in leaves
+                named = named or type(m).__module__ == "convcalc.torch_modules"  # our layers
                 if named or any(isinstance(c, type) and isinstance(m, c) for c in leaves):
                     return True
                 return bool(super().is_leaf_module(m, qualname))
@@ -254,12 +255,13 @@ class _Importer:
                 f"cannot share weights between layers"
             )
         self.modules_seen[node.target] = module
-        # the torch.nn class it is (or derives from: a subclass kept whole with --leaf)
+        # the torch.nn class it is (or derives from: a subclass kept whole with --leaf),
+        # or one of convcalc's own for the families torch.nn lacks
         kind = next(
             (
                 base.__name__.lower()
                 for base in type(module).__mro__
-                if base.__module__.startswith("torch.nn")
+                if base.__module__.startswith(("torch.nn", "convcalc.torch_modules"))
                 and isinstance(LAYER_TYPES.get(base.__name__.lower()), type)
                 and issubclass(LAYER_TYPES[base.__name__.lower()], Leaf)
             ),

@@ -71,6 +71,7 @@ class LayerScale(nn.Module):
 
     def __init__(self, num_channels: int, init_value: float = 1e-6) -> None:
         super().__init__()
+        self.init_value = init_value
         self.gamma = nn.Parameter(torch.full((num_channels,), float(init_value)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -324,3 +324,36 @@ def test_exported_custom_modules_match_build_module(tmp_path):
         text=True,
     )
     assert lint.returncode == 0, lint.stdout
+
+
+def test_custom_modules_import_as_their_layers():
+    from convcalc import torch_modules as custom
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 4, stride=4),
+        custom.LayerNorm2d(8, eps=1e-5, bias=False),
+        custom.Permute([0, 2, 3, 1]),
+        torch.nn.GELU(),
+        custom.Permute([0, 3, 1, 2]),
+        custom.LayerScale(8, init_value=0.5),
+        custom.StochasticDepth(0.25, mode="batch"),
+        custom.DropPath(0.1),
+        custom.Mean([2, 3], keepdim=True),
+        torch.nn.Flatten(),
+    )
+    spec = from_torch(model, (3, 16, 16))
+    params, macs, output = torch_numbers(model, (3, 16, 16))
+    report = convcalc.analyze(spec)
+    assert (report.totals.params, report.totals.macs, report.output_shape) == (params, macs, output)
+    layers = [layer.model_dump(exclude_defaults=True, exclude={"name"}) for layer in spec.layers]
+    assert layers[1:] == [
+        {"type": "layernorm2d", "eps": 1e-5, "bias": False},
+        {"type": "permute", "order": (0, 2, 3, 1)},
+        {"type": "gelu"},
+        {"type": "permute", "order": (0, 3, 1, 2)},
+        {"type": "layerscale", "init_value": 0.5},
+        {"type": "stochasticdepth", "p": 0.25, "mode": "batch"},
+        {"type": "droppath", "p": 0.1},
+        {"type": "mean", "dim": (2, 3), "keepdim": True},
+        {"type": "flatten"},
+    ]

@@ -154,3 +154,37 @@ def test_a_layer_torch_lacks_is_reported_by_layer(monkeypatch, write_spec):
         f"error: {path}:4: layers.1 (pad): torch {torch.__version__} has no "
         "torch.nn.ZeroPad1d; upgrade torch\n"
     )
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        [
+            {"type": "reflectionpad2d", "padding": [1, 2, 3, 0]},
+            {"type": "conv2d", "out_channels": 4, "kernel_size": 3},
+            {"type": "replicationpad2d", "padding": 2},
+            {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "stride": 2},
+            {"type": "circularpad2d", "padding": 1},
+            {"type": "constantpad2d", "padding": [0, 1, 1, 0], "value": 0.5},
+            {"type": "conv2d", "out_channels": 2, "kernel_size": 3},
+        ],
+        [
+            # (after a pixelshuffle, as after upsampling, strides are fractional and
+            # verify measures no receptive field)
+            {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
+            {"type": "pixelunshuffle", "downscale_factor": 2},
+            {"type": "channelshuffle", "groups": 4},
+            {"type": "prelu", "num_parameters": 16},
+            "mish",
+            "layernorm2d",
+            "layerscale",
+            {"type": "stochasticdepth", "p": 0.5},
+            {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "stride": 2},
+        ],
+    ],
+    ids=["pads", "shuffles"],
+)
+def test_padding_and_shuffling_layers_verify_with_their_receptive_fields(layers):
+    report = verify({"input": [2, 20, 20], "layers": layers})
+    assert report.ok, report.first_difference()
+    assert report.layers[-1].check("receptive field") is not None
