@@ -13,16 +13,16 @@ from __future__ import annotations
 import keyword
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from convcalc.analysis import analyze
 from convcalc.formatting import shape_text
-from convcalc.layers import Leaf
+from convcalc.graph import Graph, Group, Node, Ref, lower
 from convcalc.loader import load_spec
 from convcalc.report import Report
-from convcalc.spec import Block, Concat, LayerSpec, Network, Repeat, Residual, Sequential
+from convcalc.spec import Network
 from convcalc.torch_bridge import INFERRED_FIELDS, torch_arguments
 
 __all__ = ["export_pytorch"]
@@ -36,18 +36,31 @@ def export_pytorch(
     """The source of a Python module defining the spec as one ``nn.Module`` class."""
     network = load_spec(spec)
     report = analyze(network)
+    graph = lower(network)
     name = class_name or _class_name(network.name)
-    writer = _Writer(report)
-    layers = writer.sequence(network.layers, "layers").render(depth=2)
-    body = writer.forward_sequence(network.layers, "self.layers", "layers", "x", depth=2)
+    writer = _Writer(report, graph)
+    layers = writer.container(graph.root).render(depth=2)
+    body, arguments, returned = writer.forward()
     totals = report.totals
     sample = list(report.input_shape[1:])
     source = f" from {network.source}" if network.source and network.source != "<dict>" else ""
+    inputs = [
+        f"{key}: [N, {', '.join(map(str, shape[1:]))}]"
+        for key, shape in report.input_shapes.items()
+    ]
+    outputs = [
+        f"{key}: {shape_text(('N', *shape[1:]))}"  # type: ignore[arg-type]
+        for key, shape in report.outputs.items()
+    ]
     lines = [
         f'"""{network.name}, written out by convcalc{source}.',
         "",
-        f"Input: [N, {', '.join(map(str, sample))}] (one sample: {sample}).",
-        f"Output: {shape_text(('N', *report.output_shape[1:]))}.",  # type: ignore[arg-type]
+        f"Input: [N, {', '.join(map(str, sample))}] (one sample: {sample})."
+        if len(inputs) == 1
+        else f"Inputs: {'; '.join(inputs)}.",
+        f"Output: {shape_text(('N', *report.output_shape[1:]))}."  # type: ignore[arg-type]
+        if len(outputs) == 1
+        else f"Outputs (a tuple): {'; '.join(outputs)}.",
         f"Parameters: {totals.params:,} ({totals.trainable_params:,} trainable).",
         f"MACs: {totals.macs // report.input_shape[0]:,} per sample (conv, transposed conv "
         "and linear; FLOPs = 2 × MACs).",
@@ -66,14 +79,22 @@ def export_pytorch(
         f"{INDENT * 2}self.layers = {layers}",
         *(f"{INDENT * 2}{line}" for line in writer.frozen),
         "",
-        f"{INDENT}def forward(self, x: torch.Tensor) -> torch.Tensor:",
+        f"{INDENT}def forward(self, {arguments}) -> "
+        f"{'torch.Tensor' if len(outputs) == 1 else 'tuple[torch.Tensor, ...]'}:",
         *body,
-        f"{INDENT * 2}return x",
+        f"{INDENT * 2}return {returned}",
         "",
         "",
         'if __name__ == "__main__":',
         f"{INDENT}model = {name}()",
-        f"{INDENT}print(model(torch.zeros({', '.join(map(str, report.input_shape))})).shape)",
+        f"{INDENT}outputs = model("
+        + ", ".join(
+            f"torch.zeros({', '.join(map(str, shape))})" for shape in report.input_shapes.values()
+        )
+        + ")",
+        f"{INDENT}print(outputs.shape)"
+        if len(outputs) == 1
+        else f"{INDENT}print([output.shape for output in outputs])",
         "",
     ]
     return "\n".join(lines)
@@ -111,129 +132,118 @@ class _Call:
 
 
 class _Writer:
-    def __init__(self, report: Report) -> None:
+    def __init__(self, report: Report, graph: Graph) -> None:
         self.rows = {row.path: row for row in report.rows}
+        self.graph = graph
         self.frozen: list[str] = []  # requires_grad_(False) for trainable: false
-        self.names = 0
         self.custom_classes: set[str] = set()  # convcalc.torch_modules classes used
 
-    # -- __init__: the containers, nested ----------------------------------------------
+    # -- __init__: the containers, nested as build_module nests them --------------------
 
-    def sequence(self, layers: Sequence[LayerSpec], prefix: str) -> _Call:
-        return _Call(
-            "nn.Sequential",
-            [self.layer(layer, f"{prefix}.{i}") for i, layer in enumerate(layers)],
-        )
-
-    def layer(self, layer: LayerSpec, path: str) -> _Call | str:
-        if not layer.trainable:
-            self.frozen.append(f"{_access('self.layers', path)}.requires_grad_(False)")
-        if isinstance(layer, Leaf):
-            arguments = torch_arguments(layer, self.rows[path].input_shape)
-            inferred = [key for key in arguments if key in INFERRED_FIELDS]
-            order = inferred + [key for key in arguments if key not in inferred]
-            text = ", ".join(f"{key}={_literal(arguments[key])}" for key in order)
-            comment = f"  # {layer.name}" if layer.name else ""
-            if layer.custom_module:  # torch.nn lacks it: its class is written out too
-                self.custom_classes.add(layer.torch_name)
-                return f"{layer.torch_name}({text}){comment}"
-            return f"nn.{layer.torch_name}({text}){comment}"
-        return self.block(layer, path)
-
-    def block(self, block: Block, path: str) -> _Call:
-        if isinstance(block, Sequential):
-            return self.sequence(block.layers, path)
-        if isinstance(block, Repeat):
-            if len(block.layers) == 1:
-                return self.sequence(block.layers * block.times, path)
-            copies = [self.sequence(block.layers, f"{path}.{copy}") for copy in range(block.times)]
-            return _Call("nn.Sequential", list(copies))
-        if isinstance(block, Residual):
-            entries = {
-                "body": self.sequence(block.layers, f"{path}.body"),
-                "shortcut": self.sequence(block.shortcut, f"{path}.shortcut"),
-            }
-            return _Call("nn.ModuleDict", entries=entries)
-        assert isinstance(block, Concat)
-        branches = [
-            self.sequence(branch, f"{path}.branches.{i}") for i, branch in enumerate(block.branches)
-        ]
-        return _Call(
-            "nn.ModuleDict",
-            entries={"branches": _Call("nn.ModuleList", list(branches), as_list=True)},
-        )
-
-    # -- forward: the data flow ----------------------------------------------------------
-
-    def forward_sequence(
-        self, layers: Sequence[LayerSpec], expression: str, prefix: str, value: str, depth: int
-    ) -> list[str]:
-        """Statements that run ``layers`` (the container ``expression``) on ``value``."""
-        pad = INDENT * depth
-        if all(isinstance(layer, Leaf) for layer in layers):
-            if not layers:
-                return []
-            last = self.rows[f"{prefix}.{len(layers) - 1}"]
-            return [f"{pad}{value} = {expression}({value})  # → {shape_text(last.output_shape)}"]
-        lines: list[str] = []
-        if "[" in expression and len(layers) > 1:  # a short name for a nested container
-            self.names += 1
-            alias = f"seq{self.names}"
-            lines.append(f"{pad}{alias} = {expression}  # {prefix}")
-            expression = alias
-        for index, layer in enumerate(layers):
-            path = f"{prefix}.{index}"
-            item = f"{expression}[{index}]"
-            row = self.rows[path]
-            if isinstance(layer, Leaf):
-                lines.append(f"{pad}{value} = {item}({value})  # {row.label} → "
-                             f"{shape_text(row.output_shape)}")  # fmt: skip
+    def container(self, group: Group) -> _Call:
+        if group.layer is not None and not group.layer.trainable and group.row:
+            self.frozen.append(f"{_access('self.layers', group.path)}.requires_grad_(False)")
+        children: dict[str, _Call | str] = {}
+        for member in group.members:
+            if isinstance(member, Node):
+                if member.join is None:
+                    children[member.path[len(group.path) + 1 :]] = self.leaf(member)
             else:
-                lines += self.forward_block(layer, item, path, value, depth)
-        return lines
+                children[member.path[len(group.path) + 1 :]] = self.container(member)
+        if all(key.isdigit() for key in children):
+            return _Call("nn.Sequential", list(children.values()))
+        entries: dict[str, _Call] = {}
+        for key, child in children.items():
+            head, dot, _ = key.partition(".")
+            if dot:  # branches.0, branches.1, ...: one ModuleList
+                entries.setdefault(head, _Call("nn.ModuleList", as_list=True)).items.append(child)
+            else:
+                assert isinstance(child, _Call)
+                entries[key] = child
+        return _Call("nn.ModuleDict", entries=entries)
 
-    def forward_block(
-        self, block: Block, expression: str, path: str, value: str, depth: int
-    ) -> list[str]:
-        pad = INDENT * depth
-        row = self.rows[path]
-        if isinstance(block, Sequential):
-            return self.forward_sequence(block.layers, expression, path, value, depth)
-        if isinstance(block, Repeat):
-            if len(block.layers) == 1:
-                return self.forward_sequence(
-                    block.layers * block.times, expression, path, value, depth
-                )
-            lines = []
-            for copy in range(block.times):
-                lines += self.forward_sequence(
-                    block.layers, f"{expression}[{copy}]", f"{path}.{copy}", value, depth
-                )
-            return lines
-        self.names += 1
-        branch = f"branch{self.names}"
-        lines = [f"{pad}# {row.label}: {block.type} → {shape_text(row.output_shape)}"]
-        if isinstance(block, Residual):
-            lines.append(f"{pad}{branch} = {value}")
-            lines += self.forward_sequence(
-                block.shortcut, f'{expression}["shortcut"]', f"{path}.shortcut", branch, depth
-            )
-            lines += self.forward_sequence(
-                block.layers, f'{expression}["body"]', f"{path}.body", value, depth
-            )
-            lines.append(f"{pad}{value} = {value} + {branch}")
-            return lines
-        assert isinstance(block, Concat)
-        outputs = []
-        for i, layers in enumerate(block.branches):
-            name = f"{branch}_{i}"
-            outputs.append(name)
-            lines.append(f"{pad}{name} = {value}")
-            lines += self.forward_sequence(
-                layers, f'{expression}["branches"][{i}]', f"{path}.branches.{i}", name, depth
-            )
-        lines.append(f"{pad}{value} = torch.cat([{', '.join(outputs)}], dim=1)")
-        return lines
+    def leaf(self, node: Node) -> str:
+        layer = node.leaf
+        if not layer.trainable:
+            self.frozen.append(f"{_access('self.layers', node.path)}.requires_grad_(False)")
+        arguments = torch_arguments(layer, self.rows[node.path].input_shape)
+        inferred = [key for key in arguments if key in INFERRED_FIELDS]
+        order = inferred + [key for key in arguments if key not in inferred]
+        text = ", ".join(f"{key}={_literal(arguments[key])}" for key in order)
+        comment = f"  # {layer.name}" if layer.name else ""
+        if layer.custom_module:  # torch.nn lacks it: its class is written out too
+            self.custom_classes.add(layer.torch_name)
+            return f"{layer.torch_name}({text}){comment}"
+        return f"nn.{layer.torch_name}({text}){comment}"
+
+    # -- forward: straight-line code over the graph -------------------------------------
+
+    def forward(self) -> tuple[list[str], str, str]:
+        """The statements of ``forward``, its parameters and what it returns."""
+        graph = self.graph
+        pad = INDENT * 2
+        names: dict[int, str] = {}
+        taken: set[str] = {"self", "torch", "nn"}
+        readers: dict[int, list[int]] = {}
+        for node in graph.nodes:
+            for ref in node.inputs:
+                readers.setdefault(ref.node, []).append(node.index)
+        outputs = {ref.node for ref in graph.outputs.values()}
+
+        def variable(node: Node) -> str:
+            # the running value x, unless something other than the next node reads it
+            if readers.get(node.index) == [node.index + 1] and node.index not in outputs:
+                return "x"
+            name = node.layer.name if node.layer is not None and node.layer.name else None
+            base = _identifier(name or f"x{node.index}")
+            text, count = base, 1
+            while text in taken:
+                count += 1
+                text = f"{base}_{count}"
+            taken.add(text)
+            return text
+
+        for ref in graph.inputs.values():
+            node = graph.nodes[ref.node]
+            names[node.index] = "x" if len(graph.inputs) == 1 else variable(node)
+        arguments = ", ".join(f"{names[ref.node]}: torch.Tensor" for ref in graph.inputs.values())
+
+        def read(ref: Ref) -> str:
+            row = self.rows.get(graph.nodes[ref.node].path)
+            several = row is not None and len(row.output_shapes) > 1
+            return f"{names[ref.node]}[{ref.index}]" if several else names[ref.node]
+
+        lines: list[str] = []
+        for node in graph.nodes:
+            if node.is_input:
+                continue
+            values = ", ".join(read(ref) for ref in node.inputs)
+            target = variable(node)
+            if node.join == "residual":
+                row = self.rows[node.path]
+                expression = " + ".join(read(ref) for ref in node.inputs)
+                comment = f"{row.label}: residual → {shape_text(row.output_shape)}"
+            elif node.join == "concat":
+                row = self.rows[node.path]
+                expression = f"torch.cat([{values}], dim=1)"
+                comment = f"{row.label}: concat → {shape_text(row.output_shape)}"
+            else:
+                row = self.rows[node.path]
+                expression = f"{_access('self.layers', node.path)}({values})"
+                shapes = row.output_shapes or (row.output_shape,)
+                comment = f"{row.label} → {', '.join(shape_text(s) for s in shapes)}"
+            lines.append(f"{pad}{target} = {expression}  # {comment}")
+            names[node.index] = target
+        returned = ", ".join(read(ref) for ref in graph.outputs.values())
+        return lines, arguments, returned
+
+
+def _identifier(name: str) -> str:
+    """A Python name for a layer name: ``p3``, ``stage_2``."""
+    text = re.sub(r"\W", "_", name)
+    if not text or text[0].isdigit() or keyword.iskeyword(text):
+        text = "x_" + text
+    return text
 
 
 def _custom_sources(names: set[str]) -> list[str]:

@@ -16,9 +16,11 @@ from typing import Any
 
 from convcalc.analysis import analyze
 from convcalc.errors import ConvCalcError, Problem, ShapeError, TorchNotInstalledError
+from convcalc.graph import Graph, Group, Node, Ref, lower
 from convcalc.layers import Leaf
 from convcalc.loader import load_spec, with_overrides
-from convcalc.spec import Block, Concat, LayerSpec, Network, Repeat, Residual, Sequential
+from convcalc.report import Report
+from convcalc.spec import Network
 
 __all__ = [
     "INFERRED_FIELDS",
@@ -93,43 +95,83 @@ def torch_layer(layer: Leaf, input_shape: tuple[int, ...]) -> Any:
 
 @cache
 def _module_classes() -> dict[str, type]:
-    """The small container modules, defined once torch is imported."""
+    """The container modules, defined once torch is imported."""
     torch = import_torch()
     nn = torch.nn
 
     class SpecNetwork(nn.Module):  # type: ignore[misc,name-defined]
-        """A convcalc spec as a torch module: ``self.layers`` holds the layers in order."""
+        """A convcalc spec as a torch module: ``self.layers`` holds the layers in order.
+        With several inputs, ``forward`` takes them in the spec's order; with several
+        outputs it returns a tuple."""
 
-        def __init__(self, layers: Any, name: str) -> None:
+        def __init__(self, layers: Any, name: str, outputs: int) -> None:
             super().__init__()
             self.layers = layers
             self.spec_name = name
+            self.multiple_outputs = outputs > 1
 
         def forward(self, x: Any) -> Any:
-            return self.layers(x)
+            out = self.layers(x)
+            return tuple(out) if self.multiple_outputs else out
 
-    class Residual(nn.Module):  # type: ignore[misc,name-defined]
-        """``body(x) + shortcut(x)``; an empty shortcut is the identity."""
+    class SpecNetworkInputs(SpecNetwork):
+        """A spec with several inputs: ``forward`` takes them in the spec's order."""
 
-        def __init__(self, body: Any, shortcut: Any) -> None:
+        def forward(self, *inputs: Any) -> Any:
+            out = self.layers(*inputs)
+            return tuple(out) if self.multiple_outputs else out
+
+    class Block(nn.Module):  # type: ignore[misc,name-defined]
+        """A block of the spec: runs its members (layers and inner blocks) in order.
+
+        ``program`` lists, per member, its child's name and where its inputs come from:
+        ``("in", i)`` the block's i-th input, ``("out", j, k)`` output k of member j
+        (k is None for a member with one output). ``join`` adds (``+``) or
+        concatenates (``cat``) the named values instead of calling a child. ``results``
+        are what the block returns: its output, then anything a later layer outside it
+        reads.
+        """
+
+        def __init__(
+            self,
+            children: list[tuple[str, Any]],
+            program: list[tuple[str | None, str | None, tuple[Any, ...]]],
+            results: tuple[Any, ...],
+        ) -> None:
             super().__init__()
-            self.body = body
-            self.shortcut = shortcut
+            for name, module in children:
+                self.add_module(name, module)
+            self.program = program
+            self.results = results
 
-        def forward(self, x: Any) -> Any:
-            return self.body(x) + self.shortcut(x)
+        def __getitem__(self, key: int | str) -> Any:
+            return self._modules[str(key)]
 
-    class Concat(nn.Module):  # type: ignore[misc,name-defined]
-        """Branches on the same input, concatenated along channels (empty = identity)."""
+        def __len__(self) -> int:
+            return len(self._modules)
 
-        def __init__(self, branches: Any) -> None:
-            super().__init__()
-            self.branches = branches
+        def forward(self, *inputs: Any) -> Any:
+            values: list[Any] = []
 
-        def forward(self, x: Any) -> Any:
-            return torch.cat([branch(x) for branch in self.branches], dim=1)
+            def read(source: tuple[Any, ...]) -> Any:
+                if source[0] == "in":
+                    return inputs[source[1]]
+                value = values[source[1]]
+                return value if source[2] is None else value[source[2]]
 
-    return {"SpecNetwork": SpecNetwork, "Residual": Residual, "Concat": Concat}
+            for child, join, sources in self.program:
+                arguments = [read(source) for source in sources]
+                if join == "residual":
+                    values.append(arguments[0] + arguments[1])
+                elif join == "concat":
+                    values.append(torch.cat(arguments, dim=1))
+                else:
+                    values.append(self.get_submodule(child)(*arguments))
+            if len(self.results) == 1:
+                return read(self.results[0])
+            return tuple(read(source) for source in self.results)
+
+    return {"SpecNetwork": SpecNetwork, "SpecNetworkInputs": SpecNetworkInputs, "Block": Block}
 
 
 def build_module(
@@ -137,77 +179,154 @@ def build_module(
     *,
     input: Sequence[int] | None = None,
     batch_size: int | None = None,
+    report: Report | None = None,
 ) -> Any:
     """The spec as a ``torch.nn.Module`` whose submodule names are the report's paths.
 
-    Build it under ``with torch.device("meta"):`` to allocate no memory.
+    Build it under ``with torch.device("meta"):`` to allocate no memory. ``report`` is
+    the spec's analysis when the caller already has it (it is not analysed again).
     """
-    torch = import_torch()
-    network = load_spec(spec)
+    import_torch()
+    network = load_spec(spec) if report is None or report.network is None else report.network
     if input is not None or batch_size is not None:
         network = with_overrides(network, input=input, batch_size=batch_size)
-    report = analyze(network)  # validates the shapes and gives every layer's input shape
-    shapes = {row.path: row.input_shape for row in report.rows}
+        report = None
+    if report is None:
+        report = analyze(network)  # validates the shapes and gives every layer's input
     classes = _module_classes()
-    builder = _Builder(torch, classes, shapes, network)
-    layers = builder.sequence(network.layers, "layers")
-    return classes["SpecNetwork"](layers, network.name)
+    graph = lower(network)
+    builder = _Builder(classes, report, graph)
+    layers = builder.group(graph.root, tuple(graph.outputs.values()))
+    network_class = classes["SpecNetwork" if len(graph.inputs) == 1 else "SpecNetworkInputs"]
+    return network_class(layers, network.name, len(graph.outputs))
 
 
 class _Builder:
-    def __init__(
-        self,
-        torch: Any,
-        classes: dict[str, type],
-        shapes: dict[str, tuple[int, ...]],
-        network: Network,
-    ) -> None:
-        self.nn = torch.nn
+    """One ``Block`` module per group of the graph, each running its own members."""
+
+    def __init__(self, classes: dict[str, type], report: Report, graph: Graph) -> None:
         self.classes = classes
-        self.shapes = shapes
-        self.network = network
+        self.graph = graph
+        self.network = graph.network
+        self.rows = {row.path: row for row in report.rows}
+        self.readers: dict[Ref, list[int]] = {}  # an output -> the nodes that read it
+        self.read: dict[int, list[Ref]] = {}  # a node -> its outputs that are read
+        self.network_outputs = {_key(ref) for ref in graph.outputs.values()}
+        for key, reader in [
+            (_key(ref), node.index) for node in graph.nodes for ref in node.inputs
+        ] + [(key, len(graph.nodes)) for key in self.network_outputs]:
+            if key not in self.readers:
+                self.read.setdefault(key.node, []).append(key)
+            self.readers.setdefault(key, []).append(reader)
 
-    def sequence(self, layers: Sequence[LayerSpec], prefix: str) -> Any:
-        return self.nn.Sequential(
-            *(self.layer(layer, f"{prefix}.{index}") for index, layer in enumerate(layers))
+    def group(self, group: Group, results: tuple[Ref, ...]) -> Any:
+        """The module of one group, returning ``results`` (its output first)."""
+        inputs = self.external_inputs(group, results)
+        where: dict[Ref, tuple[Any, ...]] = {ref: ("in", i) for i, ref in enumerate(inputs)}
+        children: dict[str, Any] = {}
+        program: list[tuple[str | None, str | None, tuple[Any, ...]]] = []
+        for member in group.members:
+            step = len(program)
+            if isinstance(member, Node):
+                sources = tuple(where[_key(ref)] for ref in member.inputs)
+                if member.join is not None:
+                    program.append((None, member.join, sources))
+                    where[Ref(member.index)] = ("out", step, None)
+                    continue
+                name = _segment(group.path, member.path)
+                _add_child(children, name, self.leaf(member))
+                program.append((name, None, sources))
+                count = self.outputs_of(member)
+                for index in range(count):
+                    where[Ref(member.index, index)] = ("out", step, index if count > 1 else None)
+            else:
+                inner = (member.output, *self.exports(member))
+                assert member.output is not None
+                name = _segment(group.path, member.path)
+                sources = tuple(
+                    where[ref]
+                    for ref in self.external_inputs(member, inner)  # type: ignore[arg-type]
+                )
+                _add_child(children, name, self.group(member, inner))  # type: ignore[arg-type]
+                program.append((name, None, sources))
+                for k, ref in enumerate(inner):
+                    assert ref is not None
+                    where[_key(ref)] = ("out", step, k if len(inner) > 1 else None)
+        module = self.classes["Block"](
+            _containers(children), program, tuple(where[_key(ref)] for ref in results)
         )
-
-    def layer(self, layer: LayerSpec, path: str) -> Any:
-        if isinstance(layer, Leaf):
-            try:
-                return torch_layer(layer, self.shapes[path])
-            except ConvCalcError as error:
-                raise ShapeError(self.problem(str(error), layer, path)) from None
-            except (TypeError, ValueError, RuntimeError) as error:
-                message = f"torch cannot build {layer.torch_name}: {error}"
-                raise ShapeError(self.problem(message, layer, path)) from None
-        module = self.block(layer, path)
-        if not layer.trainable:
+        if group.layer is not None and not group.layer.trainable:
             module.requires_grad_(False)
         return module
 
-    def block(self, block: Block, path: str) -> Any:
-        if isinstance(block, Sequential):
-            return self.sequence(block.layers, path)
-        if isinstance(block, Repeat):
-            if len(block.layers) == 1:
-                return self.sequence(block.layers * block.times, path)
-            return self.nn.Sequential(
-                *(self.sequence(block.layers, f"{path}.{copy}") for copy in range(block.times))
-            )
-        if isinstance(block, Residual):
-            return self.classes["Residual"](
-                self.sequence(block.layers, f"{path}.body"),
-                self.sequence(block.shortcut, f"{path}.shortcut"),
-            )
-        if isinstance(block, Concat):
-            return self.classes["Concat"](
-                self.nn.ModuleList(
-                    self.sequence(branch, f"{path}.branches.{i}")
-                    for i, branch in enumerate(block.branches)
-                )
-            )
-        raise TypeError(f"unknown block {type(block).__name__}")
+    def leaf(self, node: Node) -> Any:
+        layer = node.leaf
+        try:
+            return torch_layer(layer, self.rows[node.path].input_shape)
+        except ConvCalcError as error:
+            raise ShapeError(self.problem(str(error), node)) from None
+        except (TypeError, ValueError, RuntimeError) as error:
+            message = f"torch cannot build {layer.torch_name}: {error}"
+            raise ShapeError(self.problem(message, node)) from None
 
-    def problem(self, message: str, layer: LayerSpec, path: str) -> Problem:
-        return Problem(message, self.network.source, layer.line, path, layer.name)
+    def outputs_of(self, node: Node) -> int:
+        row = self.rows[node.path]
+        return len(row.output_shapes) or 1
+
+    def external_inputs(self, group: Group, results: tuple[Ref, ...]) -> list[Ref]:
+        """What a group reads from outside itself: its entry first, then in order."""
+        if group is self.graph.root:
+            return list(self.graph.inputs.values())
+        inside = range(group.first, group.last + 1)
+        found = [_key(group.entry)]
+        reads = [
+            ref for node in self.graph.nodes[group.first : group.last + 1] for ref in node.inputs
+        ]
+        for ref in (*reads, *results):
+            key = _key(ref)
+            if key.node not in inside and key not in found:
+                found.append(key)
+        return found
+
+    def exports(self, group: Group) -> tuple[Ref, ...]:
+        """Outputs made inside a group that something after it reads."""
+        inside = range(group.first, group.last + 1)
+        assert group.output is not None
+        output = _key(group.output)
+        found: list[Ref] = []
+        for index in inside:
+            for key in self.read.get(index, ()):
+                if key != output and any(r > group.last for r in self.readers[key]):
+                    found.append(key)
+        return tuple(found)
+
+    def problem(self, message: str, node: Node) -> Problem:
+        layer = node.leaf
+        return Problem(message, self.network.source, layer.line, node.path, layer.name)
+
+
+def _key(ref: Ref) -> Ref:
+    """The ref without how it was written (``name`` or ``name.0``)."""
+    return Ref(ref.node, ref.index)
+
+
+def _segment(parent: str, path: str) -> str:
+    """``body`` for ``layers.5.body`` in ``layers.5``."""
+    return path[len(parent) + 1 :]
+
+
+def _add_child(children: dict[str, Any], name: str, module: Any) -> None:
+    children[name] = module
+
+
+def _containers(children: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Child modules by name; ``branches.0``, ``branches.1`` go into one ModuleList."""
+    torch = import_torch()
+    out: dict[str, Any] = {}
+    for name, module in children.items():
+        head, dot, _ = name.partition(".")
+        if dot:
+            out.setdefault(head, torch.nn.ModuleList()).append(module)
+        else:
+            out[name] = module
+    return list(out.items())
