@@ -47,3 +47,32 @@ def write_spec(tmp_path: Path):
         return path
 
     return write
+
+
+_TORCHVISION_OPS = (
+    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+)
+
+
+@pytest.fixture(scope="session")
+def torchvision_models():
+    """``torchvision.models`` (0.28.0), the referee for the model zoo; tests only.
+
+    The wheel is a CUDA build whose compiled ops do not load beside the CPU torch, so
+    ``import torchvision`` fails at ``torchvision::nms``. Defining the two op schemas
+    first lets its pure-Python model definitions and weight metadata import.
+    """
+    import torch
+
+    if not _KEEP:
+        library = torch.library.Library("torchvision", "DEF")
+        for schema in _TORCHVISION_OPS:
+            library.define(schema)
+        _KEEP.append(library)  # the definitions live as long as the library object
+    import torchvision.models
+
+    return torchvision.models
+
+
+_KEEP: list[object] = []
