@@ -33,6 +33,21 @@ _FUNCTIONAL_LAYERS = {
 }
 
 
+# Module attributes kept as lists even when their values are equal.
+_LIST_FIELDS = {"unflattened_size", "order"}
+
+# Functional activations with arguments: call name -> (layer type, argument names).
+_FUNCTIONAL_WITH_ARGUMENTS = {
+    "softplus": ("softplus", ("beta", "threshold")),
+    "hardtanh": ("hardtanh", ("min_val", "max_val")),
+    "hardtanh_": ("hardtanh", ("min_val", "max_val")),
+    "celu": ("celu", ("alpha",)),
+    "celu_": ("celu", ("alpha",)),
+    "hardshrink": ("hardshrink", ("lambd",)),
+    "softshrink": ("softshrink", ("lambd",)),
+}
+
+
 def load_factory(reference: str) -> Callable[[], Any]:
     """``package.module:factory`` as a callable."""
     module_name, _, attribute = reference.partition(":")
@@ -281,7 +296,8 @@ class _Importer:
             value = getattr(module, field)
             if field == "bias" and not isinstance(value, bool):
                 value = value is not None  # the parameter, or None
-            layer[field] = _plain(value)
+            # sizes whose count matters stay lists: unflattened_size [2, 2] is not 2
+            layer[field] = list(value) if field in _LIST_FIELDS else _plain(value)
         params = list(module.parameters())
         if params and not any(p.requires_grad for p in params):
             layer["trainable"] = False
@@ -305,6 +321,9 @@ class _Importer:
             return {"type": "leakyrelu", **_bind(args, kwargs, ("negative_slope",))}
         if name == "elu":
             return {"type": "elu", **_bind(args, kwargs, ("alpha",))}
+        if name in _FUNCTIONAL_WITH_ARGUMENTS:
+            kind, names = _FUNCTIONAL_WITH_ARGUMENTS[name]
+            return {"type": kind, **_bind(args, kwargs, names)}
         if name == "gelu":
             return {"type": "gelu", **_bind(args, kwargs, ("approximate",))}
         if name in ("softmax", "log_softmax"):

@@ -357,3 +357,33 @@ def test_custom_modules_import_as_their_layers():
         {"type": "mean", "dim": (2, 3), "keepdim": True},
         {"type": "flatten"},
     ]
+
+
+def test_functional_activations_keep_their_arguments():
+    functional = torch.nn.functional
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.unflatten = torch.nn.Unflatten(1, (2, 2))
+
+        def forward(self, x):
+            x = functional.softplus(x, beta=2)
+            x = functional.hardtanh(x, -2.0, 2.0)
+            x = functional.celu(x, alpha=0.5)
+            x = functional.hardshrink(x, 0.3)
+            x = torch.selu(functional.mish(functional.softsign(x)))
+            return self.unflatten(x)
+
+    spec = from_torch(Model(), (4, 5, 5))
+    assert [layer.model_dump(exclude_defaults=True, exclude={"name"}) for layer in spec.layers] == [
+        {"type": "softplus", "beta": 2.0},
+        {"type": "hardtanh", "min_val": -2.0, "max_val": 2.0},
+        {"type": "celu", "alpha": 0.5},
+        {"type": "hardshrink", "lambd": 0.3},
+        {"type": "softsign"},
+        {"type": "mish"},
+        {"type": "selu"},
+        {"type": "unflatten", "dim": 1, "unflattened_size": (2, 2)},  # not collapsed to 2
+    ]
+    assert convcalc.analyze(spec).output_shape == (1, 2, 2, 5, 5)
