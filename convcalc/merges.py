@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -154,9 +154,9 @@ class Split(Leaf):
     torch_names: ClassVar[tuple[str, ...]] = ("Split", "Chunk")
     custom_module: ClassVar[bool] = True
     type: Literal["split", "chunk"]
-    split_size_or_sections: PositiveInt | list[PositiveInt] | None = Field(
-        default=None, min_length=1
-    )
+    split_size_or_sections: (
+        PositiveInt | Annotated[list[PositiveInt], Field(min_length=1)] | None
+    ) = None
     chunks: PositiveInt | None = None
     dim: Int = 1
 

@@ -10,6 +10,7 @@ read off (see ``measure_receptive_field``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import warnings
@@ -164,18 +165,22 @@ def verify(
         module = build_module(network)
     module.eval()
 
-    shapes: dict[str, tuple[int, ...]] = {}
+    shapes: dict[str, Any] = {}
     handles = []
     for row in report.rows:
         submodule = module.get_submodule(row.path)
 
-        def record(_module: Any, _inputs: Any, output: Any, path: str = row.path) -> None:
-            shapes[path] = tuple(output.shape)
+        def record(_module: Any, _inputs: Any, output: Any, row: LayerRow = row) -> None:
+            if row.output_shapes:  # a split: every piece
+                shapes[row.path] = [list(piece.shape) for piece in output]
+            else:  # a block that also hands values on returns its output first
+                shapes[row.path] = list((output[0] if isinstance(output, tuple) else output).shape)
 
         handles.append(submodule.register_forward_hook(record))
     counter = FlopCounterMode(display=False)
+    inputs = [torch.zeros(shape, device=target) for shape in report.input_shapes.values()]
     with counter, torch.no_grad(), _quiet():
-        module(torch.zeros(report.input_shape, device=target))
+        module(*inputs)
     for handle in handles:
         handle.remove()
     flops = counter.get_flop_counts()
@@ -188,7 +193,11 @@ def verify(
         trainable = sum(p.numel() for p in submodule.parameters() if p.requires_grad)
         macs = sum(flops.get(f"{root}.{row.path}", {}).values()) // 2
         checks = [
-            Check("output shape", list(row.output_shape), list(shapes.get(row.path, ()))),
+            Check(
+                "output shape",
+                [list(piece) for piece in row.output_shapes] or list(row.output_shape),
+                shapes.get(row.path, []),
+            ),
             Check("trainable params", row.trainable_params, trainable),
             Check("non-trainable params", row.non_trainable_params, params - trainable),
             Check("buffers", row.buffers, sum(b.numel() for b in submodule.buffers())),
@@ -373,6 +382,10 @@ def _prepare(torch: Any, module: Any, identities: set[str] | None = None) -> Any
             )
         elif kind.startswith("AdaptiveMaxPool"):
             setattr(module, name, getattr(nn, kind.replace("Max", "Avg"))(child.output_size))
+        elif kind in ("Add", "Mul") and type(child).__module__ == "convcalc.torch_modules":
+            # a gate broadcast over the whole map is global context: the calculator
+            # reports the local field, so the measurement does not follow the gate
+            child.forward = functools.partial(_local_merge, kind)
         elif _prepare(torch, child, identities) is None:
             return None
     for parameter in module.parameters(recurse=False):
@@ -382,6 +395,21 @@ def _prepare(torch: Any, module: Any, identities: set[str] | None = None) -> Any
         else:
             parameter.zero_()
     return module
+
+
+def _local_merge(kind: str, *inputs: Any) -> Any:
+    """``add`` or ``mul`` with every operand broadcast over the spatial dimensions (a
+    gate from global pooling) detached from the gradient."""
+
+    def spread(x: Any) -> bool:
+        return x.dim() > 2 and any(n > 1 for n in x.shape[2:])
+
+    wide = any(spread(x) for x in inputs)
+    operands = [x.detach() if wide and x.dim() > 2 and not spread(x) else x for x in inputs]
+    out = operands[0]
+    for x in operands[1:]:
+        out = out + x if kind == "Add" else out * x
+    return out
 
 
 def _measure_once(torch: Any, module: Any, network: Network, path: str) -> ReceptiveField | None:
@@ -406,6 +434,8 @@ def _measure_once(torch: Any, module: Any, network: Network, path: str) -> Recep
     finally:
         handle.remove()
     output = captured["output"]
+    if isinstance(output, tuple):  # a split's first piece, or a block's own output
+        output = output[0]
     out_spatial = list(output.shape[2:])
     dims = len(out_spatial)
     middle = [(n - 1) // 2 for n in out_spatial]  # not the last unit: its window may be cut
