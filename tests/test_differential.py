@@ -363,6 +363,11 @@ REGRESSIONS = [
     ({"type": "batchnorm1d", "affine": False, "track_running_stats": False}, (1, 1, 1)),
     ({"type": "instancenorm2d"}, (2, 3, 1, 1)),
     ({"type": "avgpool3d", "kernel_size": 2, "padding": 1}, (1, 1, 1, 1, 1)),
+    # constant and circular padding crop first: not more than there is
+    ({"type": "constantpad1d", "padding": [2, -2], "value": 0}, (1, 1, 1)),
+    ({"type": "zeropad1d", "padding": [-5, 4]}, (1, 1, 4)),
+    ({"type": "circularpad1d", "padding": [-5, 4]}, (1, 1, 4)),
+    ({"type": "reflectionpad1d", "padding": [-5, 3]}, (1, 1, 4)),  # reflection does not
 ]
 
 
