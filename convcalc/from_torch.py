@@ -417,7 +417,7 @@ class _Importer:
             return None
         if type(m).forward is not base.forward and not self._is_leaf(path, m):
             return None  # its own forward: read what it does, op by op
-        return base.__name__.lower()
+        return str(base.__name__).lower()
 
     # -- one captured node ---------------------------------------------------------------
 
@@ -437,11 +437,6 @@ class _Importer:
             raise self.unsupported(node, "an indexing convcalc cannot follow")
         if name in _CHECKS:
             return
-        if name in _ALIASES:
-            inputs = self._tensor_inputs(node)
-            if len(inputs) == 1:
-                self.values[node] = self.ref(inputs[0], node)
-                return
         if node in self.composites:
             kind, members = self.composites[node]
             if node is members[-1]:
@@ -456,6 +451,11 @@ class _Importer:
             else:  # a node inside the pattern: its value is never read elsewhere
                 pass
             return
+        if name in _ALIASES:
+            inputs = self._tensor_inputs(node)
+            if len(inputs) == 1:
+                self.values[node] = self.ref(inputs[0], node)
+                return
         layer, inputs = self.op_layer(node, name)
         if layer is None:
             self.values[node] = self.ref(inputs[0], node)
@@ -528,6 +528,10 @@ class _Importer:
             if isinstance(value, self.torch.Tensor):
                 continue
             layer[field_name] = list(value) if field_name in _LIST_FIELDS else _plain(value)
+        if group.kind == "linear" and len(_shape(group.nodes[0].args[0])) > 2:
+            layer["in_features"] = int(module.in_features)  # on the last dimension only
+        if group.kind == "layernorm":  # over its own last dimensions, not all of them
+            layer["normalized_shape"] = _plain(list(module.normalized_shape))
         members = set(group.nodes)
         inputs: list[Any] = []
         for node in group.nodes:
