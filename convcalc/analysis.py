@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from convcalc.errors import Problem, ShapeError
-from convcalc.graph import Group, Node, Ref, lower
-from convcalc.layers import LayerModel, SpatialMap, format_shape
+from convcalc.graph import Graph, Group, Node, Ref, lower
+from convcalc.layers import LayerModel, LayerResult, SpatialMap, format_shape
 from convcalc.loader import load_spec, with_overrides
 from convcalc.merges import Merge
 from convcalc.receptive_field import ReceptiveField
 from convcalc.report import DTYPE_BYTES, LayerRow, Report, SpecWarning, Totals
-from convcalc.spec import Block, Network
+from convcalc.spec import Network, Residual
 
 __all__ = ["analyze"]
 
@@ -76,18 +76,8 @@ class _Analyzer:
     def value_of(self, ref: Ref, node: Node) -> tuple[Shape, ReceptiveField | None, int, bool]:
         """(shape, field, storage, grad) of one output that ``node`` reads."""
         value = self.values[ref.node]
-        count = len(value.shapes)
-        if ref.index >= count or (count > 1 and not ref.picked):
-            source = self.graph.nodes[ref.node]
-            assert source.layer is not None
-            written = source.layer.name or source.path
-            pieces = f"{written}.0 to {written}.{count - 1}"
-            problem = (
-                f"{source.label} has {count} outputs; take one of them: {pieces}"
-                if ref.index < count
-                else f"{source.label} has {count} outputs ({pieces}); there is no "
-                f"{written}.{ref.index}"
-            )
+        problem = output_problem(self.graph, ref, len(value.shapes))
+        if problem:
             raise self.error(problem, node)
         return value.shapes[ref.index], value.field, value.tensors[ref.index], value.grad
 
@@ -106,10 +96,7 @@ class _Analyzer:
         layer = node.leaf
         shapes = [shape for shape, _, _, _ in inputs]
         try:
-            if layer.merges or len(inputs) != 1:
-                result = layer.infer_many(shapes, node.labels)
-            else:
-                result = layer.infer(shapes[0])
+            result = node_result(node, shapes)
         except ShapeError as error:
             raise self.error(error.first.message, node) from None
         out_shapes = (result.output_shape, *result.extra_outputs)
@@ -190,17 +177,11 @@ class _Analyzer:
 
     def join(self, node: Node, inputs: list[tuple[Shape, Any, int, bool]]) -> _Value:
         """The ``+`` of a residual block or the ``cat`` of a concat block."""
-        block = node.layer
-        assert isinstance(block, Block)
         shapes = [shape for shape, _, _, _ in inputs]
-        if node.join == "residual":
-            problem = residual_problem(shapes[0], shapes[1], bool(block.shortcut))  # type: ignore[attr-defined]
-            shape = shapes[0]
-        else:
-            merged = concat_shape(shapes)
-            problem, shape = (merged, shapes[0]) if isinstance(merged, str) else (None, merged)
-        if problem:
-            raise self.error(problem, node)
+        try:
+            shape = node_result(node, shapes).output_shape
+        except ShapeError as error:
+            raise self.error(error.first.message, node) from None
         field = self.merged_field(node, inputs, shape)
         # the sum or the concatenation is a new tensor; backward of + and cat keeps none
         self.allocate(math.prod(shape) * self.itemsize, node.path)
@@ -374,6 +355,40 @@ class _Analyzer:
             input_shapes=inputs,
             outputs={label: value[0] for label, value in outputs.items()},
         )
+
+
+def node_result(node: Node, shapes: Sequence[Shape]) -> LayerResult:
+    """What one node (a layer, or a block's join) does to its input shapes; a
+    ``ShapeError`` when it cannot take them. ``sizes`` asks this too."""
+    if node.join is not None:
+        block = node.layer
+        if isinstance(block, Residual):
+            problem = residual_problem(shapes[0], shapes[1], bool(block.shortcut))
+            if problem:
+                raise ShapeError(problem)
+            return LayerResult(output_shape=shapes[0])
+        merged = concat_shape(shapes)
+        if isinstance(merged, str):
+            raise ShapeError(merged)
+        return LayerResult(output_shape=merged)
+    layer = node.leaf
+    if layer.merges or len(shapes) != 1:
+        return layer.infer_many(shapes, node.labels)
+    return layer.infer(shapes[0])
+
+
+def output_problem(graph: Graph, ref: Ref, count: int) -> str | None:
+    """Why a layer cannot read this output of a node with ``count`` outputs, or None:
+    a split's pieces are taken one at a time (``name.0``)."""
+    if ref.index < count and (count == 1 or ref.picked):
+        return None
+    source = graph.nodes[ref.node]
+    assert source.layer is not None
+    written = source.layer.name or source.path
+    pieces = f"{written}.0 to {written}.{count - 1}"
+    if ref.index < count:
+        return f"{source.label} has {count} outputs; take one of them: {pieces}"
+    return f"{source.label} has {count} outputs ({pieces}); there is no {written}.{ref.index}"
 
 
 def residual_problem(body: Shape, shortcut: Shape, has_shortcut: bool) -> str | None:

@@ -21,6 +21,7 @@ from convcalc.analysis import analyze
 from convcalc.formatting import shape_text
 from convcalc.graph import Graph, Group, Node, Ref, lower
 from convcalc.loader import load_spec
+from convcalc.merges import Split
 from convcalc.report import Report
 from convcalc.spec import Network
 from convcalc.torch_bridge import INFERRED_FIELDS, torch_arguments
@@ -183,7 +184,7 @@ class _Writer:
         graph = self.graph
         pad = INDENT * 2
         names: dict[int, str] = {}
-        taken: set[str] = {"self", "torch", "nn"}
+        taken: set[str] = {"self", "torch", "nn", "x", "inputs"}
         readers: dict[int, list[int]] = {}
         for node in graph.nodes:
             for ref in node.inputs:
@@ -209,9 +210,8 @@ class _Writer:
         arguments = ", ".join(f"{names[ref.node]}: torch.Tensor" for ref in graph.inputs.values())
 
         def read(ref: Ref) -> str:
-            row = self.rows.get(graph.nodes[ref.node].path)
-            several = row is not None and len(row.output_shapes) > 1
-            return f"{names[ref.node]}[{ref.index}]" if several else names[ref.node]
+            tuple_valued = isinstance(graph.nodes[ref.node].layer, Split)  # even one piece
+            return f"{names[ref.node]}[{ref.index}]" if tuple_valued else names[ref.node]
 
         lines: list[str] = []
         for node in graph.nodes:

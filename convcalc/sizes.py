@@ -16,11 +16,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from convcalc.analysis import concat_shape, residual_problem
+from convcalc.analysis import node_result, output_problem
 from convcalc.errors import ConvCalcError, ShapeError
-from convcalc.layers import LayerModel, LayerResult, Leaf
+from convcalc.graph import Node, lower
+from convcalc.layers import LayerResult
 from convcalc.loader import load_spec
-from convcalc.spec import Block, Concat, LayerSpec, Network, Repeat, Residual, Sequential
+from convcalc.spec import Network
 
 __all__ = ["SizeCheck", "SizesReport", "check_sizes"]
 
@@ -144,84 +145,56 @@ class SizesReport:
         return f"{title}\n{self.summary()}\n\n{table}\n"
 
 
-class _Stop(Exception):
-    def __init__(self, path: str, layer: LayerModel, message: str) -> None:
-        self.path, self.layer, self.message = path, layer, message
-
-
 class _Walker:
-    """Shapes only, with each leaf's answer per incoming shape remembered."""
+    """Shapes only, over the graph, with each node's answer per input shapes remembered."""
 
     def __init__(self, network: Network) -> None:
         self.network = network
-        self.results: dict[tuple[int, Shape], LayerResult | str] = {}
-        self.dropped: tuple[str, LayerModel, str] | None = None
+        self.graph = lower(network)
+        self.results: dict[tuple[int, tuple[Shape, ...]], LayerResult | str] = {}
 
     def check(self, size: int) -> SizeCheck:
         network = self.network
-        shape = (network.batch_size, network.input[0], *([size] * (len(network.input) - 1)))
-        self.dropped = None
-        try:
-            out = self.sequence(network.layers, shape, "layers", in_shortcut=False)
-        except _Stop as stop:
-            return SizeCheck(size, "error", None, stop.path, stop.layer.name, stop.message)
-        if self.dropped is not None:
-            path, layer, message = self.dropped
-            return SizeCheck(size, "drops", out, path, layer.name, message)
+        graph = self.graph
+        values: list[tuple[Shape, ...]] = []
+        dropped: tuple[Node, str] | None = None
+        for node in graph.nodes:
+            if node.is_input:
+                sample = network.input_shapes[node.path]
+                values.append(((network.batch_size, sample[0], *([size] * (len(sample) - 1))),))
+                continue
+            shapes = []
+            for ref in node.inputs:
+                problem = output_problem(graph, ref, len(values[ref.node]))
+                if problem:
+                    return self.error(size, node, problem)
+                shapes.append(values[ref.node][ref.index])
+            key = (node.index, tuple(shapes))
+            result = self.results.get(key)
+            if result is None:
+                try:
+                    result = node_result(node, shapes)
+                except ShapeError as error:
+                    result = error.first.message
+                self.results[key] = result
+            if isinstance(result, str):
+                return self.error(size, node, result)
+            if result.dropped and not node.in_shortcut and dropped is None:
+                dropped = (node, result.dropped)
+            values.append((result.output_shape, *result.extra_outputs))
+        first = next(iter(graph.outputs.values()))
+        out = values[first.node][first.index]
+        if dropped is not None:
+            node, message = dropped
+            return SizeCheck(size, "drops", out, node.path, _name(node), message)
         return SizeCheck(size, "ok", out)
 
-    def sequence(
-        self, layers: Sequence[LayerSpec], shape: Shape, prefix: str, in_shortcut: bool
-    ) -> Shape:
-        for index, layer in enumerate(layers):
-            shape = self.layer(layer, shape, f"{prefix}.{index}", in_shortcut)
-        return shape
+    def error(self, size: int, node: Node, message: str) -> SizeCheck:
+        return SizeCheck(size, "error", None, node.path, _name(node), message)
 
-    def layer(self, layer: LayerSpec, shape: Shape, path: str, in_shortcut: bool) -> Shape:
-        if isinstance(layer, Leaf):
-            return self.leaf(layer, shape, path, in_shortcut)
-        return self.block(layer, shape, path, in_shortcut)
 
-    def leaf(self, layer: Leaf, shape: Shape, path: str, in_shortcut: bool) -> Shape:
-        key = (id(layer), shape)
-        result = self.results.get(key)
-        if result is None:
-            try:
-                result = layer.infer(shape)
-            except ShapeError as error:
-                result = error.first.message
-            self.results[key] = result
-        if isinstance(result, str):
-            raise _Stop(path, layer, result)
-        if result.dropped and not in_shortcut and self.dropped is None:
-            self.dropped = (path, layer, result.dropped)
-        return result.output_shape
-
-    def block(self, block: Block, shape: Shape, path: str, in_shortcut: bool) -> Shape:
-        if isinstance(block, Sequential):
-            return self.sequence(block.layers, shape, path, in_shortcut)
-        if isinstance(block, Repeat):
-            if len(block.layers) == 1:
-                return self.sequence(block.layers * block.times, shape, path, in_shortcut)
-            for copy in range(block.times):
-                shape = self.sequence(block.layers, shape, f"{path}.{copy}", in_shortcut)
-            return shape
-        if isinstance(block, Residual):
-            body = self.sequence(block.layers, shape, f"{path}.body", in_shortcut)
-            shortcut = self.sequence(block.shortcut, shape, f"{path}.shortcut", True)
-            problem = residual_problem(body, shortcut, bool(block.shortcut))
-            if problem:
-                raise _Stop(path, block, problem)
-            return body
-        assert isinstance(block, Concat)
-        shapes = [
-            self.sequence(branch, shape, f"{path}.branches.{i}", in_shortcut)
-            for i, branch in enumerate(block.branches)
-        ]
-        merged = concat_shape(shapes)
-        if isinstance(merged, str):
-            raise _Stop(path, block, merged)
-        return merged
+def _name(node: Node) -> str | None:
+    return node.layer.name if node.layer is not None else None
 
 
 def check_sizes(

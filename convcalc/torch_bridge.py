@@ -19,6 +19,7 @@ from convcalc.errors import ConvCalcError, Problem, ShapeError, TorchNotInstalle
 from convcalc.graph import Graph, Group, Node, Ref, lower
 from convcalc.layers import Leaf
 from convcalc.loader import load_spec, with_overrides
+from convcalc.merges import Split
 from convcalc.report import Report
 from convcalc.spec import Network
 
@@ -237,8 +238,8 @@ class _Builder:
                 _add_child(children, name, self.leaf(member))
                 program.append((name, None, sources))
                 count = self.outputs_of(member)
-                for index in range(count):
-                    where[Ref(member.index, index)] = ("out", step, index if count > 1 else None)
+                for index in range(abs(count)):
+                    where[Ref(member.index, index)] = ("out", step, index if count != 1 else None)
             else:
                 inner = (member.output, *self.exports(member))
                 assert member.output is not None
@@ -270,8 +271,9 @@ class _Builder:
             raise ShapeError(self.problem(message, node)) from None
 
     def outputs_of(self, node: Node) -> int:
+        """How many values a layer returns; a split returns a tuple even of one piece."""
         row = self.rows[node.path]
-        return len(row.output_shapes) or 1
+        return len(row.output_shapes) or (-1 if isinstance(node.layer, Split) else 1)
 
     def external_inputs(self, group: Group, results: tuple[Ref, ...]) -> list[Ref]:
         """What a group reads from outside itself: its entry first, then in order."""
