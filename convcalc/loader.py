@@ -123,7 +123,7 @@ _Dumper.add_representer(tuple, lambda dumper, data: _represent_list(dumper, list
 def dump_spec(network: Network, header: str = "") -> str:
     """The spec as YAML that loads back to the same network: fields at their default
     are left out, leaf layers take one line each. ``header`` is a leading comment."""
-    data = network.model_dump(mode="json", exclude_defaults=True)
+    data = network.model_dump(mode="json", exclude_defaults=True, by_alias=True)
     data = {"name": network.name, **data, "layers": _tidy(data["layers"])}
     text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
     comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
@@ -137,7 +137,7 @@ def _tidy(node: Any) -> Any:
     if isinstance(node, dict) and "type" in node:
         if set(node) == {"type"}:
             return node["type"]
-        first = {key: node[key] for key in ("type", "name") if key in node}
+        first = {key: node[key] for key in ("type", "name", "from") if key in node}
         return {**first, **{k: _tidy(v) for k, v in node.items() if k not in first}}
     return node
 
@@ -305,7 +305,11 @@ def _message(error: Any, field: str | None, layer: Any) -> str:
         known: list[str] = list(Network.model_fields)
         if isinstance(layer, Mapping):
             cls = LAYER_TYPES.get(str(layer.get("type", "")).lower())
-            known = [f for f in cls.model_fields if f != "line"] if cls else []
+            known = (
+                [info.alias or f for f, info in cls.model_fields.items() if f != "line"]
+                if cls
+                else []
+            )
         return f"unknown field {field!r}{suggest(field, known)}"
     if kind == "missing" and field is not None:
         return f"missing required field {field!r}"
