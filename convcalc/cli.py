@@ -356,7 +356,8 @@ def draw(
     "--leaf",
     "leaves",
     multiple=True,
-    help="A submodule (qualified name or class name) fx should not trace into; repeatable.",
+    help="A submodule (qualified name or class name) read as the torch.nn layer it derives "
+    "from, its own forward not run; repeatable.",
 )
 def import_torch_command(
     factory: str,
@@ -368,17 +369,20 @@ def import_torch_command(
     """Turn a PyTorch model (package.module:factory, called with no arguments) into a spec."""
 
     from convcalc.errors import ModelImportError
-    from convcalc.from_torch import from_torch, load_factory
+    from convcalc.from_torch import import_model, load_factory, make_on_meta
     from convcalc.loader import dump_spec
 
     make = load_factory(factory)
     try:
-        model = make()
+        model = make_on_meta(make)  # no memory for the weights where the factory allows
     except Exception as error:
         raise ModelImportError(f"{factory}() raised {type(error).__name__}: {error}") from None
-    network = from_torch(model, input_shape, name=name, leaf_modules=leaves)
-    header = f"Imported by convcalc from {factory} (torch.fx), input {list(input_shape)}."
-    _emit(dump_spec(network, header), output)
+    imported = import_model(model, input_shape, name=name, leaf_modules=leaves)
+    header = f"Imported by convcalc from {factory} (torch.export), input {list(input_shape)}."
+    if imported.unused:
+        header += "\n" + imported.unused_message + "."
+        click.echo(f"note: {imported.unused_message}", err=True)
+    _emit(dump_spec(imported.network, header), output)
 
 
 @cli.command(name="export")

@@ -179,11 +179,20 @@ def _table(
         ("Input size", _megabytes(totals.input_bytes)),
         ("Params size", _megabytes(totals.param_bytes)),
         ("Activations size", _megabytes(totals.activation_bytes) + largest),
-        ("Output shape", shape_text(report.output_shape)),
+        *(
+            [("Output shape", shape_text(report.output_shape))]
+            if len(report.outputs) <= 1
+            else [(f"Output {key}", shape_text(shape)) for key, shape in report.outputs.items()]
+        ),
     ]
     if memory is not None:
         summary += training_memory_lines(memory)
-    title = f"{report.name}: input {shape_text(report.input_shape)}, {report.dtype}"
+    inputs = (
+        f"input {shape_text(report.input_shape)}"
+        if len(report.input_shapes) <= 1
+        else "inputs " + ", ".join(f"{k} {shape_text(v)}" for k, v in report.input_shapes.items())
+    )
+    title = f"{report.name}: {inputs}, {report.dtype}"
     if style == "simple":
         width = max(len(line) for line in table.splitlines())
         rule = "=" * width
