@@ -18,7 +18,7 @@ from convcalc.errors import ShapeError
 from convcalc.fields import Int, PositiveInt
 from convcalc.layers import LayerResult, Leaf, Saved, SpatialMap, format_shape
 
-__all__ = ["MERGE_CLASSES", "Cat", "Elementwise", "Merge", "Split", "broadcast_shape"]
+__all__ = ["MERGE_CLASSES", "Arithmetic", "Cat", "Merge", "Split", "broadcast_shape"]
 
 Shape = tuple[int, ...]
 
@@ -68,7 +68,7 @@ class Merge(Leaf):
         return [], 0
 
 
-class Elementwise(Merge):
+class Arithmetic(Merge):
     """``add`` and ``mul``: ``a + b + …`` and ``a * b * …`` with torch's broadcasting."""
 
     torch_names: ClassVar[tuple[str, ...]] = ("Add", "Mul")
@@ -202,4 +202,4 @@ class Split(Leaf):
         return Saved(None, shares_input=True)  # views of the input
 
 
-MERGE_CLASSES: tuple[type[Leaf], ...] = (Elementwise, Cat, Split)
+MERGE_CLASSES: tuple[type[Leaf], ...] = (Arithmetic, Cat, Split)

@@ -25,6 +25,9 @@ def spec_schema() -> dict[str, Any]:
     schema = Network.model_json_schema(ref_template=_REF)
     # top-level keys starting with x- hold YAML anchors (as in docker compose)
     schema["patternProperties"] = {"^x-": {}}
+    # one input shape, or several by name
+    schema["required"] = [key for key in schema["required"] if key != "input"]
+    schema["oneOf"] = [{"required": ["input"]}, {"required": ["inputs"]}]
     definitions: dict[str, Any] = schema.setdefault("$defs", {})
     bare_names: list[str] = []
     classes = (*LEAF_CLASSES, *MERGE_CLASSES, *BLOCK_CLASSES)
