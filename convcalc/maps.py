@@ -73,7 +73,7 @@ def activation_maps(
     pixels = _read_image(image, tuple(network.input), notes)
     chosen = _choose_layers(report, layers)
     torch.manual_seed(seed)
-    model = build_module(network).eval()
+    model = build_module(network, report=report).eval()
     first_conv = next((r for r in report.rows if r.type == "conv2d"), None)
     if weights is not None and filters is not None:
         raise MapsError("give --weights or --filters, not both")

@@ -162,7 +162,7 @@ def verify(
     report = analyze(network)
     target = _device(torch, device)
     with torch.device(target):
-        module = build_module(network)
+        module = build_module(network, report=report)  # analysed just above
     module.eval()
 
     shapes: dict[str, Any] = {}
