@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -284,10 +285,14 @@ class Report:
     def _repr_html_(self) -> str:
         """Jupyter: the picture and the table. Big networks are drawn to depth 1."""
         from convcalc.draw import html_table, svg_picture
+        from convcalc.errors import ConvCalcError
 
         picture = ""
         if self.network is not None:
             depth = None if len(self.rows) <= 40 else 1
-            svg = svg_picture(self.network, self, depth)
-            picture = f'<div style="overflow-x: auto">{svg}</div>'
+            try:
+                svg = svg_picture(self.network, self, depth)
+                picture = f'<div style="overflow-x: auto">{svg}</div>'
+            except ConvCalcError as error:  # no Graphviz: the table alone, and why
+                picture = f"<p>{html.escape(str(error))}</p>"
         return html_table(self, picture)
