@@ -10,7 +10,7 @@ from typing import Any
 
 from convcalc.errors import Problem, ShapeError
 from convcalc.graph import Graph, Group, Node, Ref, lower
-from convcalc.layers import LayerModel, LayerResult, SpatialMap, format_shape
+from convcalc.layers import LayerModel, LayerResult, SpatialMap, explained, explaining, format_shape
 from convcalc.loader import load_spec, with_overrides
 from convcalc.merges import Merge
 from convcalc.receptive_field import ReceptiveField
@@ -354,6 +354,7 @@ class _Analyzer:
             network=network,
             input_shapes=inputs,
             outputs={label: value[0] for label, value in outputs.items()},
+            explained=explaining(),
         )
 
 
@@ -421,11 +422,13 @@ def analyze(
     input: Sequence[int] | None = None,
     batch_size: int | None = None,
     dtype: str | None = None,
+    explain: bool = False,
 ) -> Report:
     """Shapes, parameters, MACs, memory and receptive fields of every layer.
 
     ``spec`` is a path, YAML text, a dict or a loaded ``Network``; ``input`` (one
-    sample, channels first), ``batch_size`` and ``dtype`` override the spec's.
+    sample, channels first), ``batch_size`` and ``dtype`` override the spec's. With
+    ``explain`` every row carries its formulas with the numbers (``shape --explain``).
 
     >>> report = analyze({"input": [1, 28, 28], "layers": [
     ...     {"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1},
@@ -436,4 +439,7 @@ def analyze(
     network = load_spec(spec)
     if input is not None or batch_size is not None or dtype is not None:
         network = with_overrides(network, input=input, batch_size=batch_size, dtype=dtype)
+    if explain:
+        with explained():
+            return _Analyzer(network).run()
     return _Analyzer(network).run()

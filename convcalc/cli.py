@@ -155,7 +155,7 @@ def shape(
     dtype: str | None,
 ) -> None:
     """Print every layer's output shape, params, MACs and receptive field, and totals."""
-    report = analyze(spec, input=input_shape, batch_size=batch_size, dtype=dtype)
+    report = analyze(spec, input=input_shape, batch_size=batch_size, dtype=dtype, explain=explain)
     click.echo(report.render(output_format, depth, optimizer, explain), nl=False)
 
 

@@ -34,6 +34,10 @@ def render(
     """``report`` as ``table``, ``markdown``, ``github``, ``csv`` or ``json`` text;
     with ``optimizer``, the training-memory estimate for it too (not in CSV); with
     ``explain``, each layer's formulas under it (table) or in a column (markdown)."""
+    if explain and not report.explained and report.network is not None:
+        from convcalc.analysis import analyze  # the formulas are written only when asked for
+
+        report = analyze(report.network, explain=True)
     memory = None if optimizer is None else report.training_memory(optimizer)
     if format == "json":
         data = report.to_dict(depth=depth)

@@ -10,7 +10,9 @@ Adding a layer kind means one class here, listed in ``LEAF_CLASSES``.
 
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, ClassVar, Literal
@@ -48,6 +50,26 @@ from convcalc.receptive_field import Window
 Shape = tuple[int, ...]
 
 LINE_KEY = "__line__"  # where the loader puts a layer's YAML line
+
+# Whether layers write out their formulas (``shape --explain``); off by default, since
+# the text costs more than the arithmetic.
+_EXPLAIN: ContextVar[bool] = ContextVar("convcalc_explain", default=False)
+
+
+def explaining() -> bool:
+    """Whether ``infer`` should fill ``LayerResult.explanation``."""
+    return _EXPLAIN.get()
+
+
+@contextmanager
+def explained() -> Iterator[None]:
+    """Layers explain their numbers inside this block."""
+    token = _EXPLAIN.set(True)
+    try:
+        yield
+    finally:
+        _EXPLAIN.reset(token)
+
 
 SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 LAYOUTS = {0: "[N, C]", 1: "[N, C, L]", 2: "[N, C, H, W]", 3: "[N, C, D, H, W]"}
@@ -403,21 +425,23 @@ class Conv(Leaf):
             arguments += " bias=False"
         if self.padding_mode != "zeros":
             arguments += f" {self.padding_mode}"
-        explanation = [
-            f"{name}: {conv_formula(n, k, s, pl, pr, d, o)}"
-            + (f" (padding 'same': {pl} before, {pr} after)" if self.padding == "same" else "")
-            for name, n, k, s, (pl, pr), d, o in zip(
-                names, spatial, kernel, stride, pads, dilation, output
+        explanation: Any = ()
+        if explaining():  # formula text only when asked for (shape --explain)
+            explanation = [
+                f"{name}: {conv_formula(n, k, s, pl, pr, d, o)}"
+                + (f" (padding 'same': {pl} before, {pr} after)" if self.padding == "same" else "")
+                for name, n, k, s, (pl, pr), d, o in zip(
+                    names, spatial, kernel, stride, pads, dilation, output
+                )
+            ]
+            weight = f"({_times(kernel)}·{channels}/{self.groups})·{self.out_channels}"
+            explanation.append(
+                f"params: {weight}{f' + {self.out_channels}' if self.bias else ''} = {params:,}"
             )
-        ]
-        weight = f"({_times(kernel)}·{channels}/{self.groups})·{self.out_channels}"
-        explanation.append(
-            f"params: {weight}{f' + {self.out_channels}' if self.bias else ''} = {params:,}"
-        )
-        explanation.append(
-            f"MACs: {batch}·{self.out_channels}·{_times(output)}·({_times(kernel)}·{channels}"
-            f"/{self.groups}) = {macs:,}"
-        )
+            explanation.append(
+                f"MACs: {batch}·{self.out_channels}·{_times(output)}·({_times(kernel)}·{channels}"
+                f"/{self.groups}) = {macs:,}"
+            )
         return LayerResult(
             output_shape=(batch, self.out_channels, *output),
             params=params,
@@ -539,21 +563,23 @@ class ConvTranspose(Leaf):
             )
             for k, s, p, d in zip(kernel, stride, padding, dilation)
         )
-        explanation = [
-            f"{name}: ({n} − 1)·{s} − 2·{p} + {d}·({k}−1) + {op} + 1 = {o}"
-            for name, n, k, s, p, op, d, o in zip(
-                SPATIAL_NAMES[dims], spatial, kernel, stride, padding, output_padding,
-                dilation, output,
+        explanation: Any = ()
+        if explaining():  # formula text only when asked for (shape --explain)
+            explanation = [
+                f"{name}: ({n} − 1)·{s} − 2·{p} + {d}·({k}−1) + {op} + 1 = {o}"
+                for name, n, k, s, p, op, d, o in zip(
+                    SPATIAL_NAMES[dims], spatial, kernel, stride, padding, output_padding,
+                    dilation, output,
+                )
+            ]  # fmt: skip
+            weight = f"{channels}·({self.out_channels}/{self.groups})·{_times(kernel)}"
+            explanation.append(
+                f"params: {weight}{f' + {self.out_channels}' if self.bias else ''} = {params:,}"
             )
-        ]  # fmt: skip
-        weight = f"{channels}·({self.out_channels}/{self.groups})·{_times(kernel)}"
-        explanation.append(
-            f"params: {weight}{f' + {self.out_channels}' if self.bias else ''} = {params:,}"
-        )
-        explanation.append(
-            f"MACs: {batch}·{channels}·{_times(spatial)}·({self.out_channels}/{self.groups})"
-            f"·{_times(kernel)} = {macs:,} (every input pixel times every tap)"
-        )
+            explanation.append(
+                f"MACs: {batch}·{channels}·{_times(spatial)}·({self.out_channels}/{self.groups})"
+                f"·{_times(kernel)} = {macs:,} (every input pixel times every tap)"
+            )
         return LayerResult(
             output_shape=(batch, self.out_channels, *output),
             params=params,
@@ -618,12 +644,16 @@ class _Pool(Leaf):
             arguments += " ceil"
         return LayerResult(
             output_shape=(batch, channels, *output),
-            explanation=tuple(
-                f"{name}: {pool_formula(n, k, s, p, d, self.ceil_mode, o)}"
-                for name, n, k, s, p, d, o in zip(
-                    SPATIAL_NAMES[dims], spatial, kernel, stride, padding, dilation, output
+            explanation=(
+                tuple(
+                    f"{name}: {pool_formula(n, k, s, p, d, self.ceil_mode, o)}"
+                    for name, n, k, s, p, d, o in zip(
+                        SPATIAL_NAMES[dims], spatial, kernel, stride, padding, dilation, output
+                    )
                 )
-            ),
+            )
+            if explaining()
+            else (),
             windows=tuple(
                 Window(effective_kernel(k, d), s, p)
                 for k, s, p, d in zip(kernel, stride, padding, dilation)
@@ -740,15 +770,17 @@ class AdaptivePool(Leaf):
                     end - start for start, end in (adaptive_window(n, o, i) for i in range(o))
                 )
                 windows.append(Window(widest, Fraction(n, o), 0))
-        explanation = []
-        for name, n, o in zip(SPATIAL_NAMES[dims], spatial, output):
-            widths = sorted(
-                {end - start for start, end in (adaptive_window(n, o, i) for i in range(o))}
-            )
-            explanation.append(
-                f"{name}: {o} (output_size); window i covers ⌊i·{n}/{o}⌋ … ⌈(i+1)·{n}/{o}⌉ − 1, "
-                f"{' or '.join(map(str, widths))} wide"
-            )
+        explanation: Any = ()
+        if explaining():  # formula text only when asked for (shape --explain)
+            explanation = []
+            for name, n, o in zip(SPATIAL_NAMES[dims], spatial, output):
+                widths = sorted(
+                    {end - start for start, end in (adaptive_window(n, o, i) for i in range(o))}
+                )
+                explanation.append(
+                    f"{name}: {o} (output_size); window i covers ⌊i·{n}/{o}⌋ … "
+                    f"⌈(i+1)·{n}/{o}⌉ − 1, {' or '.join(map(str, widths))} wide"
+                )
         return LayerResult(
             output_shape=(batch, channels, *output),
             windows=tuple(windows),
@@ -804,7 +836,9 @@ class BatchNorm(Leaf):
             buffers=2 * channels + 1 if self.track_running_stats else 0,
             arguments="" if self.affine else "affine=False",
             warnings=warnings,
-            explanation=_norm_explanation(channels, self.affine, self.track_running_stats),
+            explanation=(_norm_explanation(channels, self.affine, self.track_running_stats))
+            if explaining()
+            else (),
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
@@ -860,7 +894,9 @@ class InstanceNorm(Leaf):
             buffers=2 * channels + 1 if self.track_running_stats else 0,
             arguments="affine" if self.affine else "",
             warnings=warnings,
-            explanation=_norm_explanation(channels, self.affine, self.track_running_stats),
+            explanation=(_norm_explanation(channels, self.affine, self.track_running_stats))
+            if explaining()
+            else (),
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
@@ -903,7 +939,7 @@ class GroupNorm(Leaf):
             output_shape=input_shape,
             params=2 * channels if self.affine else 0,
             arguments=f"groups={self.num_groups}",
-            explanation=_norm_explanation(channels, self.affine, False),
+            explanation=(_norm_explanation(channels, self.affine, False)) if explaining() else (),
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
@@ -941,11 +977,13 @@ class LayerNorm(Leaf):
         if self.elementwise_affine:
             params = 2 * size if self.bias else size
         which = "a weight and a bias" if self.bias else "a weight"
-        explanation = (
-            f"params: {params // size}·{_times(normalized)} = {params:,} ({which} per element)"
-            if params
-            else "params: 0 (elementwise_affine: false)",
-        )
+        explanation: Any = ()
+        if explaining():  # formula text only when asked for (shape --explain)
+            explanation = (
+                f"params: {params // size}·{_times(normalized)} = {params:,} ({which} per element)"
+                if params
+                else "params: 0 (elementwise_affine: false)",
+            )
         return LayerResult(
             output_shape=input_shape,
             params=params,
@@ -1170,7 +1208,9 @@ class Flatten(Leaf):
         return LayerResult(
             output_shape=output,
             windows=SpatialMap.POINTWISE if start == end else SpatialMap.DENSE,
-            explanation=(f"dimensions {start}–{end}: {_times(merged_dims)} = {merged:,}",),
+            explanation=((f"dimensions {start}–{end}: {_times(merged_dims)} = {merged:,}",))
+            if explaining()
+            else (),
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
@@ -1209,11 +1249,15 @@ class Linear(Leaf):
             windows=SpatialMap.DENSE,
             arguments=f"{features}→{self.out_features}" + ("" if self.bias else " bias=False"),
             explanation=(
-                _params_line(
-                    [features, self.out_features], self.out_features if self.bias else 0, params
-                ),
-                f"MACs: {rows}·{features}·{self.out_features} = {macs:,}",
-            ),
+                (
+                    _params_line(
+                        [features, self.out_features], self.out_features if self.bias else 0, params
+                    ),
+                    f"MACs: {rows}·{features}·{self.out_features} = {macs:,}",
+                )
+            )
+            if explaining()
+            else (),
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
@@ -1292,7 +1336,10 @@ class Upsample(Leaf):
             )
             scales = tuple(Fraction(f).limit_denominator(10_000) for f in factors)
             arguments = f"×{_fmt(tuple(f'{f:g}' for f in factors))} {self.mode}"
-        if self.size is not None:
+        explanation: tuple[str, ...] = ()
+        if not explaining():
+            pass
+        elif self.size is not None:
             explanation = tuple(
                 f"{name}: {o} (size)" for name, o in zip(SPATIAL_NAMES[dims], output)
             )
@@ -1374,10 +1421,14 @@ class _Pad(Leaf):
         )
         return LayerResult(
             output_shape=(batch, channels, *output),
-            explanation=tuple(
-                f"{name}: {n} + {a} + {b} = {o}"
-                for name, n, (a, b), o in zip(SPATIAL_NAMES[self.dims], spatial, pads, output)
-            ),
+            explanation=(
+                tuple(
+                    f"{name}: {n} + {a} + {b} = {o}"
+                    for name, n, (a, b), o in zip(SPATIAL_NAMES[self.dims], spatial, pads, output)
+                )
+            )
+            if explaining()
+            else (),
             windows=tuple(Window(1, 1, a) for a, _ in pads),
             arguments=self._arguments(),
         )
@@ -1494,7 +1545,9 @@ class PReLU(Leaf):
             output_shape=input_shape,
             params=self.num_parameters,
             arguments=f"slopes={self.num_parameters}",
-            explanation=(f"params: {self.num_parameters} = {self.num_parameters} ({per})",),
+            explanation=((f"params: {self.num_parameters} = {self.num_parameters} ({per})",))
+            if explaining()
+            else (),
         )
 
 
@@ -1721,7 +1774,9 @@ class PixelShuffle(Leaf):
             output_shape=(batch, channels // (r * r), height * r, width * r),
             windows=(Window(1, step, 0), Window(1, step, 0)),
             arguments=f"×{r}",
-            explanation=(f"H: {height}·{r} = {height * r}", f"W: {width}·{r} = {width * r}"),
+            explanation=((f"H: {height}·{r} = {height * r}", f"W: {width}·{r} = {width * r}"))
+            if explaining()
+            else (),
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
@@ -1749,7 +1804,9 @@ class PixelUnshuffle(Leaf):
             output_shape=(batch, channels * r * r, height // r, width // r),
             windows=(Window(r, r, 0), Window(r, r, 0)),
             arguments=f"÷{r}",
-            explanation=(f"H: {height} / {r} = {height // r}", f"W: {width} / {r} = {width // r}"),
+            explanation=((f"H: {height} / {r} = {height // r}", f"W: {width} / {r} = {width // r}"))
+            if explaining()
+            else (),
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
@@ -1885,10 +1942,14 @@ class LayerNorm2d(Leaf):
             params=per * channels,
             arguments="over C" + ("" if self.elementwise_affine else " affine=False"),
             explanation=(
-                f"params: {per}·{channels} = {per * channels:,} ({which} per channel)"
-                if per
-                else "params: 0 (elementwise_affine: false)",
-            ),
+                (
+                    f"params: {per}·{channels} = {per * channels:,} ({which} per channel)"
+                    if per
+                    else "params: 0 (elementwise_affine: false)",
+                )
+            )
+            if explaining()
+            else (),
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:
@@ -1917,7 +1978,9 @@ class LayerScale(Leaf):
             output_shape=input_shape,
             params=channels,
             arguments=f"init={self.init_value:g}",
-            explanation=(f"params: {channels} = {channels:,} (a scale per channel)",),
+            explanation=((f"params: {channels} = {channels:,} (a scale per channel)",))
+            if explaining()
+            else (),
         )
 
     def saved(self, input_shape: Shape, output_shape: Shape, itemsize: int) -> Saved:

@@ -202,6 +202,7 @@ class Report:
     # Every input's and every output's shape (with batch) by name.
     input_shapes: dict[str, Shape] = field(default_factory=dict)
     outputs: dict[str, Shape] = field(default_factory=dict)
+    explained: bool = False  # the rows carry their formulas (analyze(..., explain=True))
 
     @property
     def output_shape(self) -> Shape:

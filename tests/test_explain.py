@@ -73,7 +73,9 @@ def check(row) -> int:
 
 @pytest.mark.parametrize(("spec", "shape"), CASES, ids=lambda v: str(v))
 def test_every_formula_gives_the_calculators_number(spec, shape):
-    report = convcalc.analyze({"input": list(shape[1:]), "batch_size": shape[0], "layers": [spec]})
+    report = convcalc.analyze(
+        {"input": list(shape[1:]), "batch_size": shape[0], "layers": [spec]}, explain=True
+    )
     row = report.rows[0]
     checked = check(row)
     if row.type.startswith(("conv", "maxpool", "avgpool", "adaptive", "upsample", "zeropad")):
@@ -84,12 +86,12 @@ def test_every_formula_gives_the_calculators_number(spec, shape):
 
 @pytest.mark.parametrize("path", sorted(SPECS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_example_spec_explains_itself(path):
-    for row in convcalc.analyze(path).rows:
+    for row in convcalc.analyze(path, explain=True).rows:
         check(row)
 
 
 def test_the_issues_example():
-    row = convcalc.analyze(SPECS_DIR / "alexnet.yaml").row("layers.0.0")
+    row = convcalc.analyze(SPECS_DIR / "alexnet.yaml", explain=True).row("layers.0.0")
     assert row.explanation[:3] == (
         "H: ⌊(224 + 2·2 − 1·(11−1) − 1) / 4⌋ + 1 = 55",
         "W: ⌊(224 + 2·2 − 1·(11−1) − 1) / 4⌋ + 1 = 55",
@@ -99,7 +101,8 @@ def test_the_issues_example():
 
 def test_the_formulas_torch_applies_in_special_cases():
     def explain(layer, shape):
-        return convcalc.analyze({"input": list(shape), "layers": [layer]}).rows[0].explanation
+        report = convcalc.analyze({"input": list(shape), "layers": [layer]}, explain=True)
+        return report.rows[0].explanation
 
     assert explain(
         {"type": "maxpool2d", "kernel_size": 2, "ceil_mode": True, "padding": 1}, [1, 5, 5]
@@ -138,8 +141,19 @@ def test_cli_explain_puts_formulas_under_each_layer():
     assert lines[first + 5].startswith("layers.1 ")
     markdown = CliRunner().invoke(cli, ["shape", mnist, "--explain", "-f", "markdown"]).stdout
     assert "| Formulas" in markdown and "<br>W: ⌊(28" in markdown
-    data = json.loads(CliRunner().invoke(cli, ["shape", mnist, "-f", "json"]).stdout)
+    data = json.loads(CliRunner().invoke(cli, ["shape", mnist, "-f", "json", "--explain"]).stdout)
     assert data["layers"][7]["explanation"] == [
         "params: 3136·10 + 10 = 31,370",
         "MACs: 1·3136·10 = 31,360",
     ]
+    plain = json.loads(CliRunner().invoke(cli, ["shape", mnist, "-f", "json"]).stdout)
+    assert plain["layers"][7]["explanation"] == []
+
+
+def test_formulas_are_written_only_when_asked_for():
+    """The text costs more than the arithmetic: a plain analysis leaves it out, and
+    rendering with explain writes it."""
+    plain = convcalc.analyze(SPECS_DIR / "alexnet.yaml")
+    assert all(row.explanation == () for row in plain.rows)
+    assert not plain.explained
+    assert "params: (11·11·3/1)·64 + 64 = 23,296" in plain.render(explain=True)
