@@ -264,7 +264,11 @@ def test_exported_module_matches_the_calculator(tmp_path, path):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == report.totals.trainable_params
     with torch.no_grad():
-        assert tuple(model(torch.zeros(report.input_shape)).shape) == report.output_shape
+        out = model(torch.zeros(report.input_shape))
+    outs = out if isinstance(out, tuple) else (out,)  # several outputs: one tensor each
+    assert [tuple(o.shape) for o in outs] == [
+        *(report.outputs or {"": report.output_shape}).values()
+    ]
     # build_module's parameter names: weights from `convcalc train` load as they are
     reference = convcalc.build_module(path)
     assert list(model.state_dict()) == list(reference.state_dict())

@@ -19,6 +19,11 @@ PUBLISHED = {
     "resnet18": (11_689_512, 1_814_073_344),
     "resnet50": (25_557_032, 4_089_184_256),
     "mobilenet_v2": (3_504_872, 300_774_272),
+    # spec v2 (tests/test_v2_specs.py holds them to torchvision's models and FlopCounterMode)
+    "efficientnet_b0": (5_288_548, 385_814_752),
+    "mobilenet_v3_large": (5_483_032, 216_589_760),
+    "convnext_tiny": (28_589_128, 4_455_531_264),
+    "shufflenet_v2": (2_278_604, 144_907_992),
 }
 
 

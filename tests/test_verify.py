@@ -16,8 +16,21 @@ from convcalc.verify import measure_receptive_field, verify
 
 from .conftest import SPEC_FILES, SPECS_DIR
 
+# Specs with parameterised blocks are verified in test_v2_specs.py without receptive
+# fields: verify's one-channel copy (_narrow) cannot re-validate a dumped block call, so
+# their fields would be measured at full width on inputs grown to 2048×2048 (minutes each).
+_BLOCK_SPECS = {
+    "efficientnet_b0",
+    "mobilenet_v3_large",
+    "convnext_tiny",
+    "shufflenet_v2",
+    "yolo_neck",
+}
 
-@pytest.mark.parametrize("path", SPEC_FILES, ids=lambda p: p.stem)
+
+@pytest.mark.parametrize(
+    "path", [p for p in SPEC_FILES if p.stem not in _BLOCK_SPECS], ids=lambda p: p.stem
+)
 def test_every_example_spec_verifies(path):
     report = verify(path)
     assert report.ok, report.first_difference()
