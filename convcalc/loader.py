@@ -210,7 +210,12 @@ def with_overrides(
 ) -> Network:
     """A copy of ``network`` with the input shape, batch size or dtype replaced."""
     data: dict[str, Any] = {name: getattr(network, name) for name in Network.model_fields}
-    if input is not None:
+    if network.inputs is not None:  # several inputs: input is the first one's shape
+        del data["input"]
+        if input is not None:
+            first = next(iter(network.inputs))
+            data["inputs"] = {**network.inputs, first: list(input)}
+    elif input is not None:
         data["input"] = list(input)
     if batch_size is not None:
         data["batch_size"] = batch_size

@@ -21,9 +21,11 @@ from pydantic import (
     Field,
     PlainValidator,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidatorFunctionWrapHandler,
     WithJsonSchema,
+    model_serializer,
     model_validator,
 )
 
@@ -223,6 +225,11 @@ _CALL_FIELDS = {"type", "name", "trainable", "from", LINE_KEY}
 def _call_block(kind: str, mapping: dict[str, Any]) -> BlockCall:
     """A parameterised block's layers with this call's arguments substituted."""
     definition = _BLOCKS.get()[kind]
+    if "layers" in mapping and "arguments" in mapping and not {"layers", "arguments"} & set(
+        definition.params
+    ):
+        # a call already expanded (a dumped Network): its layers are taken as they are
+        return BlockCall.model_validate(mapping)
     calls = _CALLS.get()
     if kind in calls or len(calls) >= MAX_BLOCK_NESTING:
         chain = " -> ".join([*calls, kind])
@@ -420,6 +427,15 @@ class Network(BaseModel):
                 f"the spec expands to more than {MAX_LAYERS:,} layers (repeat times × layers); "
                 f"refusing to analyse it"
             )
+        return data
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """With several inputs, ``input`` (the first one's shape, filled in on loading)
+        is left out, so that a dumped spec loads back."""
+        data: dict[str, Any] = handler(self)
+        if self.inputs is not None:
+            data.pop("input", None)
         return data
 
     @property

@@ -20,7 +20,7 @@ from typing import Any
 
 from convcalc.analysis import analyze
 from convcalc.errors import ConvCalcError
-from convcalc.loader import load_spec, with_overrides
+from convcalc.loader import build_network, load_spec, with_overrides
 from convcalc.receptive_field import ReceptiveField
 from convcalc.report import LayerRow, Report
 from convcalc.spec import Network
@@ -261,7 +261,7 @@ def _field_check(network: Network, report: Report, row: LayerRow) -> tuple[Check
     size, computed = measured
     if size != list(report.input_shape[2:]):
         # measured on a larger input: compare with the calculator at that size
-        larger = with_overrides(network, input=[network.input[0], *size])
+        larger = _resized(network, size)
         field = analyze(larger).row(row.path).receptive_field
         assert field is not None
         if _fractional(field):
@@ -313,9 +313,13 @@ def _narrow(network: Network) -> Network | None:
             out["num_groups"] = 1
         return out
 
-    data = network.model_dump(exclude_unset=True)
+    data = network.model_dump(exclude_unset=True, by_alias=True)
     data["layers"] = shrink(data["layers"])
-    data["input"] = [1, *network.input[1:]]
+    if network.inputs is not None:
+        data.pop("input", None)
+        data["inputs"] = {key: [1, *shape[1:]] for key, shape in network.inputs.items()}
+    else:
+        data["input"] = [1, *network.input[1:]]
     data["batch_size"] = 1
     try:
         narrowed = Network.model_validate(data)
@@ -323,6 +327,20 @@ def _narrow(network: Network) -> Network | None:
     except (ConvCalcError, ValueError):
         return None
     return narrowed
+
+
+def _resized(network: Network, spatial: list[int], batch_size: int | None = None) -> Network:
+    """The network on inputs of this spatial size (every input of the same rank)."""
+    if network.inputs is None:
+        return with_overrides(network, input=[network.input[0], *spatial], batch_size=batch_size)
+    data = network.model_dump(exclude_unset=True, by_alias=True)
+    data["inputs"] = {
+        key: [shape[0], *spatial] if len(shape) == len(network.input) else shape
+        for key, shape in network.inputs.items()
+    }
+    if batch_size is not None:
+        data["batch_size"] = batch_size
+    return build_network(data, network.source or "<spec>")
 
 
 def measure_receptive_field(
@@ -348,7 +366,7 @@ def measure_receptive_field(
     previous: tuple[list[int], ReceptiveField] | None = None
     while math.prod(spatial) <= max_pixels:
         try:
-            sized = with_overrides(candidate, input=[candidate.input[0], *spatial], batch_size=1)
+            sized = _resized(candidate, spatial, batch_size=1)
             module = build_module(sized)  # analyses the spec: refuses sizes that do not fit
         except ConvCalcError:
             return None
@@ -426,9 +444,14 @@ def _measure_once(torch: Any, module: Any, network: Network, path: str) -> Recep
     handle = module.get_submodule(path).register_forward_hook(stop)
     shape = (1, *network.input)
     x = torch.ones(shape, dtype=torch.float64, requires_grad=True)
+    # with several inputs, the field is measured on the first; the others are constants
+    others = [
+        torch.ones((1, *sample), dtype=torch.float64)
+        for sample in list(network.input_shapes.values())[1:]
+    ]
     try:
         with _quiet():
-            module(x)
+            module(x, *others)
     except _Stop:
         pass
     finally:
@@ -436,6 +459,8 @@ def _measure_once(torch: Any, module: Any, network: Network, path: str) -> Recep
     output = captured["output"]
     if isinstance(output, tuple):  # a split's first piece, or a block's own output
         output = output[0]
+    if not output.requires_grad:  # it does not depend on the (first) input
+        return None
     out_spatial = list(output.shape[2:])
     dims = len(out_spatial)
     middle = [(n - 1) // 2 for n in out_spatial]  # not the last unit: its window may be cut

@@ -522,3 +522,19 @@ def test_random_graphs_agree_with_torch(spec):
     with torch.no_grad():
         out = module(torch.randn(report.input_shape))
     assert tuple(out.shape) == report.output_shape
+
+
+def test_a_dumped_graph_loads_back_as_the_same_network():
+    """What train writes as spec.yaml, verify's one-channel copy and dump_spec all dump a
+    loaded network: from: (the field's alias) and expanded block calls must load back."""
+    from convcalc.loader import dump_spec
+    from convcalc.spec import Network
+    from convcalc.training import _spec_text
+
+    for text in SPECS.values():
+        network = convcalc.load_spec(text)
+        expected = convcalc.analyze(network).totals
+        assert convcalc.analyze(dump_spec(network)).totals == expected
+        assert convcalc.analyze(_spec_text(network, network)).totals == expected
+        dumped = network.model_dump(exclude_unset=True, by_alias=True)
+        assert convcalc.analyze(Network.model_validate(dumped)).totals == expected

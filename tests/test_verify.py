@@ -16,16 +16,10 @@ from convcalc.verify import measure_receptive_field, verify
 
 from .conftest import SPEC_FILES, SPECS_DIR
 
-# Specs with parameterised blocks are verified in test_v2_specs.py without receptive
-# fields: verify's one-channel copy (_narrow) cannot re-validate a dumped block call, so
-# their fields would be measured at full width on inputs grown to 2048×2048 (minutes each).
-_BLOCK_SPECS = {
-    "efficientnet_b0",
-    "mobilenet_v3_large",
-    "convnext_tiny",
-    "shufflenet_v2",
-    "yolo_neck",
-}
+# Their receptive-field search takes 25-30 s each today (it grows the input until the
+# field stops changing; bounding it is the hardening issue's), so CI verifies them in
+# test_v2_specs.py without it; `convcalc verify` on them passes.
+_BLOCK_SPECS = {"efficientnet_b0", "yolo_neck"}
 
 
 @pytest.mark.parametrize(

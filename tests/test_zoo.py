@@ -83,13 +83,6 @@ UNUSED = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _zoo_only_when_asked(request):
-    """The full sweep runs with ``-m zoo`` only."""
-    if request.node.get_closest_marker("zoo") and "zoo" not in request.config.option.markexpr:
-        pytest.skip("the full model zoo runs with pytest -m zoo")
-
-
 @contextlib.contextmanager
 def _regnet_widths_on_cpu():
     """RegNet computes its block widths with tensors and reads them back (.tolist()),
@@ -167,8 +160,10 @@ def test_zoo(torchvision_models, name):
     check(torchvision_models, name)
 
 
-@pytest.mark.zoo
-@pytest.mark.parametrize("name", TRANSFORMERS)
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=[] if n == "vit_b_16" else pytest.mark.zoo) for n in TRANSFORMERS],
+)
 def test_transformers_are_refused_in_one_sentence_or_imported_exactly(torchvision_models, name):
     model, weights, size = _build(torchvision_models, name)
     try:
