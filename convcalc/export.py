@@ -254,9 +254,14 @@ def _custom_sources(names: set[str]) -> list[str]:
 
     from convcalc import torch_modules
 
+    classes: list[type] = []
+    for name in sorted(names):  # each class after the convcalc classes it derives from
+        for cls in reversed(getattr(torch_modules, name).__mro__):
+            if cls.__module__ == torch_modules.__name__ and cls not in classes:
+                classes.append(cls)
     lines: list[str] = []
-    for name in sorted(names):
-        lines += [inspect.getsource(getattr(torch_modules, name)).rstrip("\n"), "", ""]
+    for cls in classes:
+        lines += [inspect.getsource(cls).rstrip("\n"), "", ""]
     return lines
 
 

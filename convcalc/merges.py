@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from convcalc.errors import ShapeError
 from convcalc.fields import Int, PositiveInt
-from convcalc.layers import LayerResult, Leaf, Saved, SpatialMap, format_shape
+from convcalc.layers import LayerResult, Leaf, Saved, SpatialMap, _dim_in_range, format_shape
 
 __all__ = ["MERGE_CLASSES", "Arithmetic", "Cat", "Merge", "Split", "broadcast_shape"]
 
@@ -40,16 +40,6 @@ def broadcast_shape(shapes: Sequence[Shape]) -> Shape | None:
             return None
         out.append(wide.pop() if wide else 1)
     return tuple(out)
-
-
-def _dim(dim: int, shape: Shape, what: str) -> int:
-    rank = len(shape)
-    if not -rank <= dim < rank:
-        raise ShapeError(
-            f"{what}: dim {dim} is out of range for {format_shape(shape)} "
-            f"(expected {-rank} to {rank - 1})"
-        )
-    return dim % rank
 
 
 class Merge(Leaf):
@@ -126,7 +116,7 @@ class Cat(Merge):
 
     def infer_many(self, input_shapes: Sequence[Shape], labels: Sequence[str]) -> LayerResult:
         first = input_shapes[0]
-        dim = _dim(self.dim, first, "cat")
+        dim = _dim_in_range("dim", self.dim, first)
         for label, shape in zip(labels[1:], input_shapes[1:]):
             if len(shape) != len(first) or any(
                 a != b for i, (a, b) in enumerate(zip(shape, first)) if i != dim
@@ -169,7 +159,7 @@ class Split(Leaf):
         return self
 
     def infer(self, input_shape: Shape) -> LayerResult:
-        dim = _dim(self.dim, input_shape, self.type)
+        dim = _dim_in_range("dim", self.dim, input_shape)
         size = input_shape[dim]
         if self.type == "chunk":
             assert self.chunks is not None

@@ -225,8 +225,10 @@ _CALL_FIELDS = {"type", "name", "trainable", "from", LINE_KEY}
 def _call_block(kind: str, mapping: dict[str, Any]) -> BlockCall:
     """A parameterised block's layers with this call's arguments substituted."""
     definition = _BLOCKS.get()[kind]
-    if "layers" in mapping and "arguments" in mapping and not {"layers", "arguments"} & set(
-        definition.params
+    if (
+        "layers" in mapping
+        and "arguments" in mapping
+        and not {"layers", "arguments"} & set(definition.params)
     ):
         # a call already expanded (a dumped Network): its layers are taken as they are
         return BlockCall.model_validate(mapping)

@@ -100,25 +100,8 @@ class StochasticDepth(nn.Module):
         return x * noise
 
 
-class DropPath(nn.Module):
-    """StochasticDepth under its other name: drops whole samples ("row") or the whole
-    batch ("batch") with probability p in training; the identity at inference."""
-
-    def __init__(self, p: float, mode: str = "row") -> None:
-        super().__init__()
-        if not 0.0 <= p <= 1.0 or mode not in ("row", "batch"):
-            raise ValueError(f"p must be in [0, 1] and mode 'row' or 'batch', got {p}, {mode}")
-        self.p = p
-        self.mode = mode
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        size = [x.shape[0]] + [1] * (x.ndim - 1) if self.mode == "row" else [1] * x.ndim
-        noise = torch.empty(size, dtype=x.dtype, device=x.device).bernoulli_(1.0 - self.p)
-        if self.p < 1.0:
-            noise.div_(1.0 - self.p)
-        return x * noise
+class DropPath(StochasticDepth):
+    """StochasticDepth under its other name (timm's)."""
 
 
 class Add(nn.Module):
