@@ -538,3 +538,41 @@ def test_a_dumped_graph_loads_back_as_the_same_network():
         assert convcalc.analyze(_spec_text(network, network)).totals == expected
         dumped = network.model_dump(exclude_unset=True, by_alias=True)
         assert convcalc.analyze(Network.model_validate(dumped)).totals == expected
+
+
+def torch_saved_bytes(spec) -> int:
+    """Bytes of the distinct non-parameter storages a training forward pass keeps for
+    backward (``saved_tensors_hooks``), every input fed."""
+    report = convcalc.analyze(spec)
+    module = build_module(spec).train()
+    state = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in state:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    inputs = [torch.randn(shape) for shape in report.input_shapes.values()]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        module(*inputs)
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_graph_training_memory_is_what_torch_saves(name):
+    """Activations kept for backward through merges: mul keeps each operand whose partner
+    needs a gradient (a gate included), add and cat keep nothing, a split is views."""
+    assert convcalc.analyze(SPECS[name]).totals.saved_bytes == torch_saved_bytes(SPECS[name])
+
+
+@settings(max_examples=60)
+@given(random_graph())
+def test_random_graphs_save_what_torch_saves(spec):
+    note(yaml.safe_dump(spec, sort_keys=False))
+    try:
+        report = convcalc.analyze(spec)
+    except ConvCalcError:
+        return
+    assert report.totals.saved_bytes == torch_saved_bytes(spec)
