@@ -47,12 +47,21 @@ def measure(commands: dict[str, list[str]], runs: int) -> None:
     for _ in range(runs):
         for label, command in commands.items():
             results[label].append(run_process(command))
+    floor = None
     for label, figures in results.items():
         walls = [wall for wall, _ in figures]
         peak = max(rss for _, rss in figures)
+        median = statistics.median(walls)
+        if label.startswith("python: import"):
+            floor = median
+        ratio = (
+            f"   {median / floor:4.2f}× the import floor"
+            if floor and label.startswith("convcalc")
+            else ""
+        )
         print(
-            f"{label:<48} median {statistics.median(walls):6.3f} s   "
-            f"min {min(walls):6.3f} s   peak {peak:5.1f} MiB"
+            f"{label:<48} median {median:6.3f} s   "
+            f"min {min(walls):6.3f} s   peak {peak:5.1f} MiB{ratio}"
         )
 
 
@@ -77,15 +86,18 @@ def deep_specs() -> None:
 
     convcalc.analyze(chain(30))  # build the validators once, as the CLI's first spec does
     print("\nanalyse(dict) of a conv/batchnorm/relu chain, in process (best of 3):")
-    for layers in (1_000, 2_500, 5_000, 10_000):
+    for layers in (1_000, 2_500, 5_000, 10_000, 20_000):
         spec = chain(layers)
         best = min(_timed(lambda spec=spec: convcalc.analyze(spec)) for _ in range(3))
         print(f"  {layers:>6} layers: {best:6.3f} s   {best / layers * 1e6:6.1f} µs per layer")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "deep.yaml"
-        path.write_text(yaml.safe_dump(chain(10_000)), encoding="utf-8")
-        best = min(_timed(lambda: convcalc.analyze(path)) for _ in range(3))
-        print(f"  10,000 layers from a YAML file (load + validate + analyse): {best:6.3f} s")
+        for layers in (10_000, 20_000):
+            path.write_text(yaml.safe_dump(chain(layers)), encoding="utf-8")
+            best = min(_timed(lambda: convcalc.analyze(path)) for _ in range(3))
+            print(
+                f"  {layers:,} layers from a YAML file (load + validate + analyse): {best:6.3f} s"
+            )
         repeat = {
             "input": [3, 32, 32],
             "layers": [
@@ -129,6 +141,11 @@ def main() -> None:
             ],
             "convcalc shape specs/alexnet.yaml": [convcalc_script, "shape", alexnet],
             "convcalc shape specs/resnet50.yaml": [convcalc_script, "shape", resnet50],
+            "convcalc shape specs/efficientnet_b0.yaml (v2)": [
+                convcalc_script,
+                "shape",
+                str(ROOT / "specs/efficientnet_b0.yaml"),
+            ],
             "convcalc shape specs/alexnet.yaml -f json": [
                 convcalc_script,
                 "shape",
