@@ -37,7 +37,7 @@ from convcalc.graph import Graph, Group, Node, Ref, lower
 from convcalc.layers import Leaf
 from convcalc.loader import load_spec, with_overrides
 from convcalc.report import LayerRow, Report
-from convcalc.spec import Network
+from convcalc.spec import LAYER_TYPES, Network
 
 __all__ = ["GRAPHVIZ_MISSING", "draw", "html_table", "svg_picture"]
 
@@ -65,32 +65,6 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "block": ("block drawn as one box", "#dde6f0"),
     "io": ("input / output", "#eeeeee"),
 }
-_PREFIXES = (
-    ("convtranspose", "convtranspose"),
-    ("conv", "conv"),
-    ("maxpool", "pool"),
-    ("avgpool", "pool"),
-    ("lppool", "pool"),
-    ("adaptive", "adaptive"),
-    ("linear", "linear"),
-    ("flatten", "reshape"),
-    ("unflatten", "reshape"),
-    ("permute", "reshape"),
-    ("pixelshuffle", "upsample"),
-    ("pixelunshuffle", "reshape"),
-    ("channelshuffle", "reshape"),
-    ("upsample", "upsample"),
-    ("zeropad", "pad"),
-    ("constantpad", "pad"),
-    ("reflectionpad", "pad"),
-    ("replicationpad", "pad"),
-    ("circularpad", "pad"),
-    ("batchnorm", "norm"),
-    ("instancenorm", "norm"),
-    ("groupnorm", "norm"),
-    ("layernorm", "norm"),
-    ("localresponsenorm", "norm"),
-)
 # Merges and splits: (symbol, legend text, fill).
 MERGES: dict[str, tuple[str, str, str]] = {
     "add": ("+", "add (residual)", "#e3f1e3"),
@@ -98,24 +72,6 @@ MERGES: dict[str, tuple[str, str, str]] = {
     "cat": ("©", "concat", "#e0eaf6"),
     "split": ("", "split / chunk", "#eeeeee"),
 }
-_SHORT = (
-    ("batchnorm", "BN"),
-    ("instancenorm", "IN"),
-    ("groupnorm", "GN"),
-    ("layernorm", "LN"),
-    ("localresponsenorm", "LRN"),
-    ("dropout", "dropout"),
-    ("stochasticdepth", "drop path"),
-    ("droppath", "drop path"),
-    ("relu6", "ReLU6"),
-    ("relu", "ReLU"),
-    ("leakyrelu", "LeakyReLU"),
-    ("prelu", "PReLU"),
-    ("silu", "SiLU"),
-    ("gelu", "GELU"),
-    ("hardswish", "h-swish"),
-    ("hardsigmoid", "h-sigmoid"),
-)
 FONT = "Helvetica,Arial,sans-serif"
 COLUMN_RANKS = 16  # a column longer than this many layers wraps into several
 COLUMN_GAP = 24  # px between columns
@@ -393,9 +349,9 @@ def _family(kind: str, layer: Any = None) -> str:
         groups = getattr(layer, "groups", 1)
         if groups != 1 and groups == getattr(layer, "out_channels", None):
             return "dwconv"
-    for prefix, family in _PREFIXES:
-        if kind.startswith(prefix):
-            return family
+    cls = LAYER_TYPES.get(kind)
+    if cls is not None and issubclass(cls, Leaf) and cls.draw_family:
+        return cls.draw_family
     if isinstance(layer, Leaf) and layer.drawn_folded:
         return "activation"
     return "other"
@@ -403,9 +359,9 @@ def _family(kind: str, layer: Any = None) -> str:
 
 def _short(kind: str) -> str:
     """A folded layer's name in a box title: BN for batchnorm2d, and so on."""
-    for prefix, short in _SHORT:
-        if kind.startswith(prefix):
-            return short
+    cls = LAYER_TYPES.get(kind)
+    if cls is not None and issubclass(cls, Leaf):
+        return cls.short_labels.get(kind, kind)
     return kind
 
 

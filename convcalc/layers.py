@@ -184,6 +184,11 @@ class Leaf(LayerModel):
     # torch.nn.functional / torch / Tensor calls without arguments that are a layer of
     # this family (from_torch maps them): call name -> layer type.
     functional_names: ClassVar[dict[str, str]] = {}
+    # How `convcalc draw` colours it (a legend entry: conv, pool, norm, reshape, ...;
+    # empty: activation when drawn folded, else other) and names it inside another
+    # layer's box (type -> short label, e.g. batchnorm2d -> BN; the type itself if absent).
+    draw_family: ClassVar[str] = ""
+    short_labels: ClassVar[dict[str, str]] = {}
 
     @property
     def dims(self) -> int:
@@ -331,6 +336,7 @@ def _too_small(names: tuple[str, ...], outputs: tuple[int, ...], formulas: list[
 class Conv(Leaf):
     """``nn.Conv1d``/``Conv2d``/``Conv3d``."""
 
+    draw_family: ClassVar[str] = "conv"
     torch_names: ClassVar[tuple[str, ...]] = ("Conv1d", "Conv2d", "Conv3d")
     type: Literal["conv1d", "conv2d", "conv3d"]
     in_channels: PositiveInt | None = None
@@ -473,6 +479,7 @@ class Conv(Leaf):
 class ConvTranspose(Leaf):
     """``nn.ConvTranspose1d``/``2d``/``3d``."""
 
+    draw_family: ClassVar[str] = "convtranspose"
     torch_names: ClassVar[tuple[str, ...]] = (
         "ConvTranspose1d",
         "ConvTranspose2d",
@@ -603,6 +610,7 @@ def _refuse_indices(return_indices: bool) -> None:
 
 
 class _Pool(Leaf):
+    draw_family: ClassVar[str] = "pool"
     kernel_size: PositiveIntOrInts
     stride: PositiveIntOrInts | None = None
     padding: NonNegativeIntOrInts = 0
@@ -720,6 +728,7 @@ class AvgPool(_Pool):
 class AdaptivePool(Leaf):
     """``nn.AdaptiveAvgPool1d``/``2d``/``3d`` and ``nn.AdaptiveMaxPool1d``/``2d``/``3d``."""
 
+    draw_family: ClassVar[str] = "adaptive"
     torch_names: ClassVar[tuple[str, ...]] = (
         "AdaptiveAvgPool1d",
         "AdaptiveAvgPool2d",
@@ -803,6 +812,12 @@ class AdaptivePool(Leaf):
 class BatchNorm(Leaf):
     """``nn.BatchNorm1d``/``2d``/``3d``: 2·C parameters, 2·C + 1 buffers."""
 
+    draw_family: ClassVar[str] = "norm"
+    short_labels: ClassVar[dict[str, str]] = {
+        "batchnorm1d": "BN",
+        "batchnorm2d": "BN",
+        "batchnorm3d": "BN",
+    }
     torch_names: ClassVar[tuple[str, ...]] = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
     identity_for_receptive_field: ClassVar[bool] = True
     drawn_folded: ClassVar[bool] = True
@@ -862,6 +877,12 @@ def _norm_explanation(channels: int, affine: bool, running: bool) -> tuple[str, 
 class InstanceNorm(Leaf):
     """``nn.InstanceNorm1d``/``2d``/``3d`` (no parameters unless affine)."""
 
+    draw_family: ClassVar[str] = "norm"
+    short_labels: ClassVar[dict[str, str]] = {
+        "instancenorm1d": "IN",
+        "instancenorm2d": "IN",
+        "instancenorm3d": "IN",
+    }
     torch_names: ClassVar[tuple[str, ...]] = ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")
     identity_for_receptive_field: ClassVar[bool] = True
     drawn_folded: ClassVar[bool] = True
@@ -911,6 +932,8 @@ class InstanceNorm(Leaf):
 class GroupNorm(Leaf):
     """``nn.GroupNorm``: C must divide into ``num_groups``."""
 
+    draw_family: ClassVar[str] = "norm"
+    short_labels: ClassVar[dict[str, str]] = {"groupnorm": "GN"}
     torch_names: ClassVar[tuple[str, ...]] = ("GroupNorm",)
     identity_for_receptive_field: ClassVar[bool] = True
     drawn_folded: ClassVar[bool] = True
@@ -949,6 +972,8 @@ class GroupNorm(Leaf):
 class LayerNorm(Leaf):
     """``nn.LayerNorm``; ``normalized_shape`` defaults to every dimension after the batch."""
 
+    draw_family: ClassVar[str] = "norm"
+    short_labels: ClassVar[dict[str, str]] = {"layernorm": "LN"}
     torch_names: ClassVar[tuple[str, ...]] = ("LayerNorm",)
     identity_for_receptive_field: ClassVar[bool] = True
     drawn_folded: ClassVar[bool] = True
@@ -999,6 +1024,8 @@ class LayerNorm(Leaf):
 class LocalResponseNorm(Leaf):
     """``nn.LocalResponseNorm`` across channels (AlexNet's LRN)."""
 
+    draw_family: ClassVar[str] = "norm"
+    short_labels: ClassVar[dict[str, str]] = {"localresponsenorm": "LRN"}
     torch_names: ClassVar[tuple[str, ...]] = ("LocalResponseNorm",)
     identity_for_receptive_field: ClassVar[bool] = True
     drawn_folded: ClassVar[bool] = True
@@ -1031,6 +1058,13 @@ class LocalResponseNorm(Leaf):
 class Activation(Leaf):
     """Parameter-free activations with an ``inplace`` flag."""
 
+    short_labels: ClassVar[dict[str, str]] = {
+        "relu": "ReLU",
+        "relu6": "ReLU6",
+        "silu": "SiLU",
+        "hardswish": "h-swish",
+        "hardsigmoid": "h-sigmoid",
+    }
     torch_names: ClassVar[tuple[str, ...]] = ("ReLU", "ReLU6", "SiLU", "Hardswish", "Hardsigmoid")
     identity_for_receptive_field: ClassVar[bool] = True
     drawn_folded: ClassVar[bool] = True
@@ -1069,6 +1103,7 @@ class Elementwise(Leaf):
 
 
 class LeakyReLU(Leaf):
+    short_labels: ClassVar[dict[str, str]] = {"leakyrelu": "LeakyReLU"}
     torch_names: ClassVar[tuple[str, ...]] = ("LeakyReLU",)
     identity_for_receptive_field: ClassVar[bool] = True
     drawn_folded: ClassVar[bool] = True
@@ -1099,6 +1134,7 @@ class ELU(Leaf):
 
 
 class GELU(Leaf):
+    short_labels: ClassVar[dict[str, str]] = {"gelu": "GELU"}
     torch_names: ClassVar[tuple[str, ...]] = ("GELU",)
     identity_for_receptive_field: ClassVar[bool] = True
     drawn_folded: ClassVar[bool] = True
@@ -1151,6 +1187,9 @@ class Softmax(Leaf):
 class Dropout(Leaf):
     """``nn.Dropout`` and the channel-wise ``Dropout1d``/``2d``/``3d``."""
 
+    short_labels: ClassVar[dict[str, str]] = {
+        "dropout1d": "dropout", "dropout2d": "dropout", "dropout3d": "dropout"
+    }  # fmt: skip
     torch_names: ClassVar[tuple[str, ...]] = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d")
     identity_for_receptive_field: ClassVar[bool] = True
     drawn_folded: ClassVar[bool] = True
@@ -1183,6 +1222,7 @@ class Dropout(Leaf):
 class Flatten(Leaf):
     """``nn.Flatten``: merges ``start_dim`` … ``end_dim`` (batch stays by default)."""
 
+    draw_family: ClassVar[str] = "reshape"
     torch_names: ClassVar[tuple[str, ...]] = ("Flatten",)
     type: Literal["flatten"]
     start_dim: Int = 1
@@ -1220,6 +1260,7 @@ class Flatten(Leaf):
 class Linear(Leaf):
     """``nn.Linear`` on the last dimension; after a spatial output it wants a flatten first."""
 
+    draw_family: ClassVar[str] = "linear"
     torch_names: ClassVar[tuple[str, ...]] = ("Linear",)
     type: Literal["linear"]
     in_features: PositiveInt | None = None
@@ -1268,6 +1309,7 @@ class Linear(Leaf):
 class Upsample(Leaf):
     """``nn.Upsample``: a fixed ``size`` or a ``scale_factor``."""
 
+    draw_family: ClassVar[str] = "upsample"
     torch_names: ClassVar[tuple[str, ...]] = ("Upsample",)
     type: Literal["upsample"]
     size: PositiveIntOrInts | None = None
@@ -1375,6 +1417,7 @@ class _Pad(Leaf):
     """The padding families: padding is (left, right[, top, bottom[, front, back]]) as in
     torch, one number for every side, and negative values crop."""
 
+    draw_family: ClassVar[str] = "pad"
     padding: SignedIntOrInts
 
     @model_validator(mode="after")
@@ -1525,6 +1568,7 @@ def _inplace_copy(input_shape: Shape, itemsize: int, inplace: bool) -> Saved:
 class PReLU(Leaf):
     """``nn.PReLU``: one learnable slope, or one per channel (``num_parameters`` = C)."""
 
+    short_labels: ClassVar[dict[str, str]] = {"prelu": "PReLU"}
     torch_names: ClassVar[tuple[str, ...]] = ("PReLU",)
     identity_for_receptive_field: ClassVar[bool] = True
     drawn_folded: ClassVar[bool] = True
@@ -1718,6 +1762,7 @@ class Unflatten(Leaf):
     """``nn.Unflatten``: splits dimension ``dim`` into ``unflattened_size`` (-1 once: the
     rest)."""
 
+    draw_family: ClassVar[str] = "reshape"
     torch_names: ClassVar[tuple[str, ...]] = ("Unflatten",)
     type: Literal["unflatten"]
     dim: Int
@@ -1756,6 +1801,7 @@ class Unflatten(Leaf):
 class PixelShuffle(Leaf):
     """``nn.PixelShuffle``: [N, C·r², H, W] → [N, C, H·r, W·r]."""
 
+    draw_family: ClassVar[str] = "upsample"
     torch_names: ClassVar[tuple[str, ...]] = ("PixelShuffle",)
     type: Literal["pixelshuffle"]
     upscale_factor: PositiveInt
@@ -1786,6 +1832,7 @@ class PixelShuffle(Leaf):
 class PixelUnshuffle(Leaf):
     """``nn.PixelUnshuffle``: [N, C, H·r, W·r] → [N, C·r², H, W]."""
 
+    draw_family: ClassVar[str] = "reshape"
     torch_names: ClassVar[tuple[str, ...]] = ("PixelUnshuffle",)
     type: Literal["pixelunshuffle"]
     downscale_factor: PositiveInt
@@ -1816,6 +1863,7 @@ class PixelUnshuffle(Leaf):
 class ChannelShuffle(Leaf):
     """``nn.ChannelShuffle`` (ShuffleNet): reorders the channels across ``groups``."""
 
+    draw_family: ClassVar[str] = "reshape"
     torch_names: ClassVar[tuple[str, ...]] = ("ChannelShuffle",)
     type: Literal["channelshuffle"]
     groups: PositiveInt
@@ -1837,6 +1885,7 @@ class ChannelShuffle(Leaf):
 class Permute(Leaf):
     """``torch.permute`` as a layer (torch.nn has none); ``order`` is torch's ``dims``."""
 
+    draw_family: ClassVar[str] = "reshape"
     torch_names: ClassVar[tuple[str, ...]] = ("Permute",)
     custom_module: ClassVar[bool] = True
     type: Literal["permute"]
@@ -1920,6 +1969,8 @@ class Mean(Leaf):
 class LayerNorm2d(Leaf):
     """Layer norm over the channels of [N, C, H, W] at each position (ConvNeXt's)."""
 
+    draw_family: ClassVar[str] = "norm"
+    short_labels: ClassVar[dict[str, str]] = {"layernorm2d": "LN"}
     torch_names: ClassVar[tuple[str, ...]] = ("LayerNorm2d",)
     custom_module: ClassVar[bool] = True
     identity_for_receptive_field: ClassVar[bool] = True
@@ -1991,6 +2042,10 @@ class StochasticDepth(Leaf):
     """torchvision's ``StochasticDepth`` (alias ``droppath``): drops whole samples (row)
     or the whole batch with probability ``p`` in training; the identity at inference."""
 
+    short_labels: ClassVar[dict[str, str]] = {
+        "stochasticdepth": "drop path",
+        "droppath": "drop path",
+    }
     torch_names: ClassVar[tuple[str, ...]] = ("StochasticDepth", "DropPath")
     custom_module: ClassVar[bool] = True
     identity_for_receptive_field: ClassVar[bool] = True
