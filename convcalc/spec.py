@@ -308,8 +308,13 @@ def _inside_block(kind: str, layers: list[Any], error: ValidationError) -> str:
             where.append(str(key))
             break
     message = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden" and where:  # as outside a block
+        field = where.pop()
+        message = f"unknown field {field!r}"
+    elif first["type"] == "missing" and where:
+        message = f"missing required field {where.pop()!r}"
     at = f" (line {line})" if line else ""
-    return f"in block {kind!r}, at {'.'.join(where)}{at}: {message}"
+    return f"in block {kind!r}, at {'.'.join(where) or 'its layers'}{at}: {message}"
 
 
 if TYPE_CHECKING:

@@ -297,6 +297,11 @@ BAD = [
         r"spec\.yaml:6: layers\.0: in block 'cb', at 0\.kernel_size \(line 4\)",
     ),
     (
+        "blocks:\n  cb: {params: {c: null}, layers: [{type: conv2d, out_channels: c, "
+        "kernel_size: 1, bogus: 2}]}\nlayers:\n  - {type: cb, c: 4}\n",
+        r"spec\.yaml:6: layers\.0: in block 'cb', at 0 \(line 4\): unknown field 'bogus'",
+    ),
+    (
         "blocks:\n  loop: {layers: [{type: loop}]}\nlayers:\n  - {type: loop}\n",
         r"block 'loop' uses itself \(loop -> loop\)",
     ),
