@@ -506,7 +506,7 @@ def _torch_on_graph(spec: dict) -> dict | None:
     return {"output": tuple(result.shape), "params": params, "macs": macs}
 
 
-@settings(max_examples=150)
+@settings(max_examples=600)
 @given(random_graph())
 def test_random_graphs_agree_with_torch(spec):
     note(yaml.safe_dump(spec, sort_keys=False))
@@ -572,7 +572,7 @@ def test_graph_training_memory_is_what_torch_saves(name):
     assert convcalc.analyze(SPECS[name]).totals.saved_bytes == torch_saved_bytes(SPECS[name])
 
 
-@settings(max_examples=60)
+@settings(max_examples=300)
 @given(random_graph())
 def test_random_graphs_save_what_torch_saves(spec):
     note(yaml.safe_dump(spec, sort_keys=False))
