@@ -10,6 +10,7 @@
 from typing import Any
 
 from convcalc.analysis import analyze
+from convcalc.compare import Comparison, compare
 from convcalc.errors import (
     ConvCalcError,
     DataError,
@@ -30,8 +31,9 @@ __version__ = "0.1.0"
 
 
 def from_torch(module: Any, input_shape: Any, **options: Any) -> Network:
-    """A PyTorch module as a spec, traced with torch.fx (see ``convcalc.from_torch``)."""
-    from convcalc.from_torch import from_torch as trace
+    """A PyTorch module as a spec, captured with torch.export (see ``convcalc.torch_import``;
+    the module is not named ``from_torch``, so importing it never replaces this function)."""
+    from convcalc.torch_import import from_torch as trace
 
     return trace(module, input_shape, **options)
 
@@ -44,6 +46,7 @@ def build_module(spec: Any, **overrides: Any) -> Any:
 
 
 __all__ = [
+    "Comparison",
     "ConvCalcError",
     "DataError",
     "LayerRow",
@@ -62,6 +65,7 @@ __all__ = [
     "__version__",
     "analyze",
     "build_module",
+    "compare",
     "from_torch",
     "load_spec",
 ]

@@ -369,8 +369,8 @@ def import_torch_command(
     """Turn a PyTorch model (package.module:factory, called with no arguments) into a spec."""
 
     from convcalc.errors import ModelImportError
-    from convcalc.from_torch import import_model, load_factory, make_on_meta
     from convcalc.loader import dump_spec
+    from convcalc.torch_import import import_model, load_factory, make_on_meta
 
     make = load_factory(factory)
     try:

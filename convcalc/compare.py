@@ -35,6 +35,7 @@ class Comparison:
     a_label: str
     b_label: str
 
+    @property
     def totals(self) -> list[tuple[str, int, int]]:
         """(label, A, B) for each total."""
         return [
@@ -79,7 +80,7 @@ class Comparison:
                     "delta": b - a,
                     "relative": None if a == 0 else (b - a) / a,
                 }
-                for (label, a, b), (_, field, _) in zip(self.totals(), _TOTALS)
+                for (label, a, b), (_, field, _) in zip(self.totals, _TOTALS)
             },
             "receptive_field": {
                 "a": _field_dict(final_field(self.a)),
@@ -101,7 +102,7 @@ class Comparison:
         a, b = self.a_label, self.b_label
         rows = [
             [label, _amount(x, unit), _amount(y, unit), _delta(x, y, unit), _relative(x, y)]
-            for (label, x, y), (_, _, unit) in zip(self.totals(), _TOTALS)
+            for (label, x, y), (_, _, unit) in zip(self.totals, _TOTALS)
         ]
         rows.append(
             [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -187,9 +188,10 @@ class SpecWarning:
         return {"path": self.path, "message": self.message}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Report:
-    """The analysis of one network at one input shape."""
+    """The analysis of one network at one input shape: ``rows`` (iterate the report for
+    them), ``row(path_or_name)``, ``totals``, ``warnings``; ``render()`` for text."""
 
     name: str
     input_shape: Shape
@@ -203,6 +205,19 @@ class Report:
     input_shapes: dict[str, Shape] = field(default_factory=dict)
     outputs: dict[str, Shape] = field(default_factory=dict)
     explained: bool = False  # the rows carry their formulas (analyze(..., explain=True))
+
+    def __repr__(self) -> str:
+        return (
+            f"<Report {self.name}: {len(self.rows)} rows, input {list(self.input_shape)}, "
+            f"output {list(self.output_shape)}, {self.totals.params:,} params, "
+            f"{self.totals.macs:,} MACs>"
+        )
+
+    def __iter__(self) -> Iterator[LayerRow]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
     @property
     def output_shape(self) -> Shape:

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import convcalc
 from convcalc.errors import ModelImportError
-from convcalc.from_torch import from_torch
+from convcalc.torch_import import from_torch
 
 
 def torch_numbers(model: nn.Module, shape: tuple[int, ...]):

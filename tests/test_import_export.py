@@ -26,8 +26,8 @@ import convcalc.torch_modules
 from convcalc.cli import cli
 from convcalc.errors import ModelImportError
 from convcalc.export import export_pytorch
-from convcalc.from_torch import from_torch
 from convcalc.layers import Leaf
+from convcalc.torch_import import from_torch
 
 from . import torchvision_like as models
 from .conftest import SPECS_DIR

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import convcalc
 from convcalc.errors import ModelImportError
-from convcalc.from_torch import UnusedParametersWarning, from_torch, import_model
+from convcalc.torch_import import UnusedParametersWarning, from_torch, import_model
 
 CLASSIFICATION = [
     "alexnet",
