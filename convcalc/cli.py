@@ -160,23 +160,37 @@ def shape(
 
 
 @cli.command()
-@_spec_argument
+@click.argument(
+    "specs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, readable=True)
+)
 @_override_options
 def check(
-    spec: str,
+    specs: tuple[str, ...],
     input_shape: tuple[int, ...] | None,
     batch_size: int | None,
     dtype: str | None,
 ) -> None:
-    """Validate a spec: exit 0 when it is sound, else print every problem and exit 1."""
-    report = analyze(spec, input=input_shape, batch_size=batch_size, dtype=dtype)
-    for warning in report.warnings:
-        click.echo(f"warning: {report.source}: {warning}", err=True)
-    click.echo(
-        f"{spec}: ok: {len(report.rows)} layers, output "
-        f"[{', '.join(map(str, report.output_shape))}], {report.totals.params:,} params, "
-        f"{report.totals.macs:,} MACs"
-    )
+    """Validate specs (one or several): a line for each, every problem printed; exit 1 if
+    any fails."""
+    failed = 0
+    for spec in specs:
+        try:
+            report = analyze(spec, input=input_shape, batch_size=batch_size, dtype=dtype)
+        except ConvCalcError as error:
+            failed += 1
+            click.echo(f"error: {error}".replace("\n", "\nerror: "), err=True)
+            continue
+        for warning in report.warnings:
+            click.echo(f"warning: {report.source}: {warning}", err=True)
+        click.echo(
+            f"{spec}: ok: {len(report.rows)} layers, output "
+            f"[{', '.join(map(str, report.output_shape))}], {report.totals.params:,} params, "
+            f"{report.totals.macs:,} MACs"
+        )
+    if failed:
+        if len(specs) > 1:
+            click.echo(f"{failed} of {len(specs)} specs failed", err=True)
+        raise SystemExit(1)
 
 
 @cli.command()

@@ -164,3 +164,18 @@ def test_real_process_error_has_no_traceback(write_spec):
     assert done.returncode == 1
     assert done.stderr == f"error: {path}:3: layers.0: missing required field 'kernel_size'\n"
     assert done.stdout == ""
+
+
+def test_check_takes_several_specs_and_fails_if_any_fails(write_spec):
+    bad = write_spec(
+        "input: [1, 8, 8]\nlayers:\n  - {type: conv2d, out_channels: 4, kernel_size: 9}\n"
+    )
+    good = [str(p) for p in sorted(SPECS_DIR.glob("*.yaml"))[:3]]
+    result = CliRunner().invoke(cli, ["check", *good])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count(": ok: ") == 3
+    result = CliRunner().invoke(cli, ["check", good[0], str(bad), good[1]])
+    assert result.exit_code == 1
+    assert result.stdout.count(": ok: ") == 2
+    assert "spec.yaml:3: layers.0: output size in H would be 0" in result.stderr
+    assert "1 of 3 specs failed" in result.stderr
