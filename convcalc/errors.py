@@ -21,6 +21,7 @@ layer path) and re-raise one of the classes above ``from None``.
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 
 __all__ = [
@@ -69,7 +70,10 @@ class SpecError(ConvCalcError):
         if isinstance(problems, str):  # a bare message; the caller adds the location later
             problems = Problem(problems)
         self.problems = [problems] if isinstance(problems, Problem) else list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
+        lines = [str(p) for p in self.problems[:MAX_PROBLEMS_SHOWN]]
+        if len(self.problems) > MAX_PROBLEMS_SHOWN:  # every one stays in .problems
+            lines.append(f"... and {len(self.problems) - MAX_PROBLEMS_SHOWN} more problems")
+        super().__init__("\n".join(lines))
 
     @property
     def first(self) -> Problem:
@@ -109,3 +113,39 @@ class MapsError(ConvCalcError):
 
 class TorchNotInstalledError(ConvCalcError):
     """A command needs PyTorch and it is not installed."""
+
+
+MAX_SHOWN = 200  # characters of a value quoted in a message
+MAX_PROBLEMS_SHOWN = 5  # problems a message lists (all are in SpecError.problems)
+
+
+class _Repr(reprlib.Repr):
+    """reprlib's short repr, also for subclasses of list, dict and str (the loader's
+    line-numbered values), which reprlib would otherwise print in full first."""
+
+    def repr1(self, x: object, level: int) -> str:
+        if isinstance(x, list) and type(x) is not list:
+            x = list(x)
+        elif isinstance(x, dict) and type(x) is not dict:
+            x = dict(x)
+        elif isinstance(x, str) and type(x) is not str:
+            x = str(x)
+        return super().repr1(x, level)
+
+
+_REPR = _Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 6, 6
+_REPR.maxstring = _REPR.maxother = MAX_SHOWN
+
+
+def shown(value: object, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)``, cut to ``limit`` characters with an ellipsis: a message quotes a
+    value, never megabytes of it.
+
+    >>> shown("x" * 1000, 12)
+    "'xxxxxxxxxx…"
+    >>> shown([1, 2])
+    '[1, 2]'
+    """
+    text = _REPR.repr(value)  # never builds the whole repr of a huge value
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -15,10 +15,18 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from convcalc.errors import Problem, SpecSyntaxError, SpecValidationError
+from convcalc.errors import Problem, SpecSyntaxError, SpecValidationError, shown
 from convcalc.spec import BLOCK_TYPES, LAYER_TYPES, Network, suggest
 
-__all__ = ["build_network", "dump_spec", "load_spec", "parse_yaml", "with_overrides"]
+__all__ = [
+    "MAX_VALUES",
+    "build_network",
+    "dump_spec",
+    "expanded_values",
+    "load_spec",
+    "parse_yaml",
+    "with_overrides",
+]
 
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -97,7 +105,51 @@ def parse_yaml(text: str, source: str) -> Any:
         raise SpecSyntaxError(Problem(problem, source, line)) from None
     except yaml.YAMLError as error:
         raise SpecSyntaxError(Problem(f"YAML error: {error}", source)) from None
+    values = expanded_values(data)
+    if values > MAX_VALUES:
+        raise SpecSyntaxError(
+            Problem(
+                f"the YAML expands to more than {MAX_VALUES:,} values through its aliases "
+                f"(a 'billion laughs'); refusing to load it",
+                source,
+                getattr(data, "line", None),
+            )
+        )
     return data
+
+
+# A spec whose aliases expand past this many values is refused before anything walks it.
+MAX_VALUES = 1_000_000
+
+
+def expanded_values(data: Any) -> int:
+    """How many values ``data`` holds with every alias expanded, counted without
+    expanding: an aliased list or mapping is counted once and reused (capped just past
+    ``MAX_VALUES``).
+
+    >>> shared = [1, 2, 3]
+    >>> expanded_values({"a": [shared, shared]})
+    10
+    """
+    memo: dict[int, int] = {}
+
+    def count(node: Any) -> int:
+        if not isinstance(node, (list, dict)):
+            return 1
+        key = id(node)
+        if key in memo:
+            return memo[key]
+        memo[key] = MAX_VALUES + 1  # a self-referencing alias counts as too many
+        items = node.values() if isinstance(node, dict) else node
+        total = 1
+        for item in items:
+            total += count(item)
+            if total > MAX_VALUES:
+                break
+        memo[key] = total
+        return total
+
+    return count(data)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -320,7 +372,7 @@ def _message(error: Any, field: str | None, layer: Any) -> str:
         return f"missing required field {field!r}"
     if text.startswith("Input should be"):
         text = "must be" + text.removeprefix("Input should be")
-        text += f", got {error['input']!r}"
+        text += f", got {shown(error['input'])}"
     elif text.startswith("List should have"):
         text = "must have" + text.removeprefix("List should have")
     return f"{field}: {text}" if field else text

@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from convcalc.errors import shown
 from convcalc.expressions import ExpressionError, evaluate, is_expression
 from convcalc.fields import PositiveInt
 from convcalc.layers import LEAF_CLASSES, LINE_KEY, LayerModel, Leaf
@@ -180,19 +181,19 @@ def _normalise_layer(value: Any) -> Any:
         if "type" not in value:
             raise ValueError(
                 f"a layer needs a 'type' (a torch.nn class name such as conv2d), "
-                f"got {dict(value)!r}"
+                f"got {shown(dict(value))}"
             )
         mapping = dict(value)
     else:
         raise ValueError(
-            f"a layer must be a mapping with a 'type' or a bare type name, got {value!r}"
+            f"a layer must be a mapping with a 'type' or a bare type name, got {shown(value)}"
         )
     kind = mapping["type"]
     if not isinstance(kind, str):
-        raise ValueError(f"type must be a layer type name, got {kind!r}")
+        raise ValueError(f"type must be a layer type name, got {shown(kind)}")
     if kind.lower() not in LAYER_TYPES and kind.lower() not in _BLOCKS.get():
         known = [*LAYER_TYPES, *_BLOCKS.get()]
-        raise ValueError(f"unknown layer type {kind!r}{suggest(kind, known)}")
+        raise ValueError(f"unknown layer type {shown(kind)}{suggest(kind[:100], known)}")
     mapping["type"] = kind.lower()
     line = getattr(value, "line", None)
     if line is not None:  # keep the YAML line for error messages

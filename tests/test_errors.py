@@ -301,7 +301,8 @@ def test_expansion_is_refused_quickly(write_spec):
     lines.append("layers: *l8")
     path = write_spec("\n".join(lines) + "\n")
     start = time.perf_counter()
-    with pytest.raises(convcalc.SpecValidationError, match="more than 100,000 layers"):
+    # refused while loading: the aliases would expand to more than a million values
+    with pytest.raises(convcalc.SpecSyntaxError, match="more than 1,000,000 values"):
         convcalc.analyze(path)
     assert time.perf_counter() - start < 5  # generous: a hang would take hours
 
@@ -336,3 +337,41 @@ def test_overrides_are_validated():
         convcalc.SpecValidationError, match="batch_size: must be a positive integer, got 0"
     ):
         convcalc.analyze({"input": [1, 8, 8], "layers": ["relu"]}, batch_size=0)
+
+
+def _laughs(levels: int) -> str:
+    """A 'billion laughs' spec: `levels` levels of aliases, nine each, under layers."""
+    lines = ["input: [3, 8, 8]", "x-0: &l0 [relu, relu, relu, relu, relu, relu, relu, relu, relu]"]
+    for i in range(1, levels + 1):
+        lines.append(f"x-{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    lines.append(f"layers: *l{levels}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [4, 6, 9])
+def test_a_billion_laughs_is_refused_small(write_spec, levels):
+    """Regression (issue 12): nine levels took 104 s, 16.5 GB and printed 2.1 GB. Aliases
+    are counted, never expanded, and every value a message quotes is cut short."""
+    path = write_spec(_laughs(levels))
+    result = CliRunner().invoke(cli, ["shape", str(path)])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert len(result.stderr.encode()) < 2048
+    if levels >= 6:  # 9**7 values: past the bound before anything walks them
+        assert "expands to more than 1,000,000 values through its aliases" in result.stderr
+
+
+def test_values_in_messages_are_cut_short():
+    from convcalc.errors import MAX_SHOWN, shown
+
+    assert len(shown(list(range(100_000)))) <= MAX_SHOWN
+    assert len(shown("x" * 100_000)) <= MAX_SHOWN
+
+
+def test_a_message_lists_the_first_problems_and_counts_the_rest():
+    from convcalc.errors import SpecValidationError
+
+    with pytest.raises(SpecValidationError) as caught:
+        convcalc.load_spec({"input": [3, 8, 8], "layers": [[1]] * 20})
+    assert len(caught.value.problems) == 20
+    assert str(caught.value).endswith("... and 15 more problems")

@@ -184,6 +184,7 @@ def test_every_example_spec_is_valid(path):
 def test_public_api():
     assert sorted(convcalc.__all__) == sorted(
         [
+            "Comparison",
             "ConvCalcError",
             "DataError",
             "LayerRow",
@@ -202,6 +203,7 @@ def test_public_api():
             "__version__",
             "analyze",
             "build_module",
+            "compare",
             "from_torch",
             "load_spec",
         ]
