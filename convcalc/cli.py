@@ -6,10 +6,11 @@ Exit codes: 0 success, 1 a bad spec (one message per problem, never a traceback)
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -33,6 +34,20 @@ class _Group(click.Group):
         except ConvCalcError as error:
             click.echo(f"error: {error}".replace("\n", "\nerror: "), err=True)
             ctx.exit(1)
+
+
+@contextlib.contextmanager
+def _extra(name: str) -> Iterator[None]:
+    """A command's modules, or one sentence saying which extra installs what is missing."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        missing = (error.name or "a package").split(".")[0]
+        missing = {"PIL": "Pillow", "sklearn": "scikit-learn"}.get(missing, missing)
+        extra = "tensorboard" if missing == "tensorboard" else name
+        raise ConvCalcError(
+            f"this command needs {missing}, which is not installed: pip install 'convcalc[{extra}]'"
+        ) from None
 
 
 class _ShapeParam(click.ParamType):  # type: ignore[type-arg,unused-ignore]
@@ -442,15 +457,17 @@ def maps(
     output: str,
 ) -> None:
     """Draw an image's activation maps through the spec's layers (and the first filters)."""
-    from convcalc.maps import activation_maps
+    with _extra("train"):
+        from convcalc.maps import activation_maps
 
     chosen = [name.strip() for name in layers.split(",") if name.strip()] if layers else None
-    result = activation_maps(
-        spec, image, weights=weights, layers=chosen, filters=filters, seed=seed
-    )
-    for note in result.notes:
-        click.echo(note, err=True)
-    result.save(output)
+    with _extra("train"):  # Pillow and matplotlib are imported when needed
+        result = activation_maps(
+            spec, image, weights=weights, layers=chosen, filters=filters, seed=seed
+        )
+        for note in result.notes:
+            click.echo(note, err=True)
+        result.save(output)
     click.echo(f"wrote {output}", err=True)
 
 
@@ -555,25 +572,27 @@ def train(
     tensorboard: str | None,
 ) -> None:
     """Train the spec in PyTorch on real data; compare speed and memory with the estimates."""
-    from convcalc.training import Interrupted, train
+    with _extra("train"):
+        from convcalc.training import Interrupted, train
 
     try:
-        train(
-            spec,
-            data,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            optimizer=optimizer,
-            seed=seed,
-            device=device,
-            validation=validation,
-            out=out,
-            resume=resume,
-            progress=progress,
-            echo=click.echo,
-            tensorboard=tensorboard,
-        )
+        with _extra("train"):  # tqdm, matplotlib, tensorboard: imported when needed
+            train(
+                spec,
+                data,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                optimizer=optimizer,
+                seed=seed,
+                device=device,
+                validation=validation,
+                out=out,
+                resume=resume,
+                progress=progress,
+                echo=click.echo,
+                tensorboard=tensorboard,
+            )
     except Interrupted as stop:
         if stop.epochs_done:
             saved = f"epochs 1–{stop.epochs_done} are saved in {stop.out}"

@@ -179,3 +179,34 @@ def test_check_takes_several_specs_and_fails_if_any_fails(write_spec):
     assert result.stdout.count(": ok: ") == 2
     assert "spec.yaml:3: layers.0: output size in H would be 0" in result.stderr
     assert "1 of 3 specs failed" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("blocked", "arguments", "message"),
+    [
+        ("numpy", ["train", "specs/mnist_cnn.yaml", "--data", "digits"], "needs numpy"),
+        (
+            "PIL",
+            ["maps", "specs/mnist_cnn.yaml", "--image", "digits:0", "-o", "maps.png"],
+            "needs Pillow",
+        ),
+    ],
+)
+def test_a_missing_extra_is_one_sentence(tmp_path, blocked, arguments, message):
+    """Regression (issue 12): after `pip install .` train and maps crashed with
+    ModuleNotFoundError; they name the extra to install."""
+    script = (
+        f"import sys; sys.modules[{blocked!r}] = None\n"
+        "from convcalc.cli import main\n"
+        f"sys.argv = ['convcalc', *{arguments!r}]\n"
+        "main()\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    arguments_in_root = [a if not a.startswith("specs/") else str(root / a) for a in arguments]
+    script = script.replace(repr(arguments), repr(arguments_in_root))
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert message in done.stderr and "pip install 'convcalc[train]'" in done.stderr
