@@ -161,3 +161,18 @@ def test_cli_ranges_and_nothing_found():
     assert result.stderr.startswith("error: no conv within the bounds turns 5 into 300")
     result = CliRunner().invoke(cli, ["solve", "--in", "5", "--out", "3", "--kernel", "4:2"])
     assert result.exit_code == 2 and "the smaller first" in result.stderr
+
+
+def test_a_larger_output_suggests_a_transposed_conv():
+    """Regression (issue 12): `solve --in 10 --out 100` only said nothing fits."""
+    from click.testing import CliRunner
+
+    from convcalc.cli import cli
+
+    result = CliRunner().invoke(cli, ["solve", "--in", "10", "--out", "100"])
+    assert result.exit_code == 1
+    assert "try --kind convtranspose" in result.stderr
+    result = CliRunner().invoke(
+        cli, ["solve", "--in", "10", "--out", "100", "--kind", "convtranspose"]
+    )
+    assert result.exit_code == 0
