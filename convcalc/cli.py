@@ -307,14 +307,15 @@ def solve(
         output_padding=output_padding,
     )
     if not solutions:
-        if output_size > input_size and kind != "convtranspose":
-            raise ConvCalcError(
-                f"no {kind} turns {input_size} into the larger {output_size}: a {kind} never "
-                f"grows its input beyond its padding; try --kind convtranspose"
-            )
+        larger = output_size > input_size and kind != "convtranspose"
         raise ConvCalcError(
             f"no {kind} within the bounds turns {input_size} into {output_size}; "
-            f"widen them with --kernel, --stride, --padding or --dilation ranges"
+            + (
+                f"a {kind} grows its input only by its padding: for a larger output try "
+                f"--kind convtranspose"
+                if larger
+                else "widen them with --kernel, --stride, --padding or --dilation ranges"
+            )
         )
     click.echo(render_solutions(solutions, output_format), nl=False)
 
