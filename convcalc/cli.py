@@ -32,8 +32,13 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ConvCalcError as error:
-            click.echo(f"error: {error}".replace("\n", "\nerror: "), err=True)
+            _print_error(error)
             ctx.exit(1)
+
+
+def _print_error(error: ConvCalcError) -> None:
+    """The message, each of its lines after ``error:``, on stderr."""
+    click.echo(f"error: {error}".replace("\n", "\nerror: "), err=True)
 
 
 @contextlib.contextmanager
@@ -193,7 +198,7 @@ def check(
             report = analyze(spec, input=input_shape, batch_size=batch_size, dtype=dtype)
         except ConvCalcError as error:
             failed += 1
-            click.echo(f"error: {error}".replace("\n", "\nerror: "), err=True)
+            _print_error(error)
             continue
         for warning in report.warnings:
             click.echo(f"warning: {report.source}: {warning}", err=True)

@@ -23,6 +23,7 @@ from convcalc.expressions import ExpressionError, evaluate
 from convcalc.graph import lower
 from convcalc.torch_bridge import build_module
 from convcalc.verify import verify
+from tests.test_training_memory import torch_saved_bytes
 
 SKIP_CAT = """
 version: 2
@@ -543,26 +544,6 @@ def test_a_dumped_graph_loads_back_as_the_same_network():
         assert convcalc.analyze(_spec_text(network, network)).totals == expected
         dumped = network.model_dump(exclude_unset=True, by_alias=True)
         assert convcalc.analyze(Network.model_validate(dumped)).totals == expected
-
-
-def torch_saved_bytes(spec) -> int:
-    """Bytes of the distinct non-parameter storages a training forward pass keeps for
-    backward (``saved_tensors_hooks``), every input fed."""
-    report = convcalc.analyze(spec)
-    module = build_module(spec).train()
-    state = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
-    saved: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in state:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    inputs = [torch.randn(shape) for shape in report.input_shapes.values()]
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        module(*inputs)
-    return sum(saved.values())
 
 
 @pytest.mark.parametrize("name", SPECS)

@@ -26,7 +26,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def torch_saved_bytes(spec: dict | Path, dtype: str = "float32") -> int:
-    """Bytes of the distinct non-parameter storages one training forward pass saves."""
+    """Bytes of the distinct non-parameter storages one training forward pass saves
+    (every input of the spec fed)."""
     report = convcalc.analyze(spec, dtype=dtype)
     module = build_module(spec).to(DTYPES[dtype]).train()
     state = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
@@ -38,13 +39,13 @@ def torch_saved_bytes(spec: dict | Path, dtype: str = "float32") -> int:
             saved[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    x = torch.randn(report.input_shape, dtype=DTYPES[dtype])
+    inputs = [torch.randn(shape, dtype=DTYPES[dtype]) for shape in report.input_shapes.values()]
     with (
         warnings.catch_warnings(),
         torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
     ):
         warnings.simplefilter("ignore")
-        module(x)
+        module(*inputs)
     return sum(saved.values())
 
 
