@@ -235,11 +235,13 @@ class _Builder:
                     where[Ref(member.index)] = ("out", step, None)
                     continue
                 name = _segment(group.path, member.path)
-                _add_child(children, name, self.leaf(member))
+                children[name] = self.leaf(member)
                 program.append((name, None, sources))
-                count = self.outputs_of(member)
-                for index in range(abs(count)):
-                    where[Ref(member.index, index)] = ("out", step, index if count != 1 else None)
+                # a split returns a tuple (even of one piece): its pieces are read by index
+                pieces = self.rows[member.path].output_shapes or (None,)
+                split = isinstance(member.layer, Split)
+                for index in range(len(pieces)):
+                    where[Ref(member.index, index)] = ("out", step, index if split else None)
             else:
                 inner = (member.output, *self.exports(member))
                 assert member.output is not None
@@ -248,7 +250,7 @@ class _Builder:
                     where[ref]
                     for ref in self.external_inputs(member, inner)  # type: ignore[arg-type]
                 )
-                _add_child(children, name, self.group(member, inner))  # type: ignore[arg-type]
+                children[name] = self.group(member, inner)  # type: ignore[arg-type]
                 program.append((name, None, sources))
                 for k, ref in enumerate(inner):
                     assert ref is not None
@@ -269,11 +271,6 @@ class _Builder:
         except (TypeError, ValueError, RuntimeError) as error:
             message = f"torch cannot build {layer.torch_name}: {error}"
             raise ShapeError(self.problem(message, node)) from None
-
-    def outputs_of(self, node: Node) -> int:
-        """How many values a layer returns; a split returns a tuple even of one piece."""
-        row = self.rows[node.path]
-        return len(row.output_shapes) or (-1 if isinstance(node.layer, Split) else 1)
 
     def external_inputs(self, group: Group, results: tuple[Ref, ...]) -> list[Ref]:
         """What a group reads from outside itself: its entry first, then in order."""
@@ -315,10 +312,6 @@ def _key(ref: Ref) -> Ref:
 def _segment(parent: str, path: str) -> str:
     """``body`` for ``layers.5.body`` in ``layers.5``."""
     return path[len(parent) + 1 :]
-
-
-def _add_child(children: dict[str, Any], name: str, module: Any) -> None:
-    children[name] = module
 
 
 def _containers(children: dict[str, Any]) -> list[tuple[str, Any]]:
