@@ -11,9 +11,12 @@ from typing import Any
 
 from convcalc.analysis import analyze
 from convcalc.compare import Comparison, compare
+from convcalc.cost import Estimate, LayerEstimate, estimate
+from convcalc.devices import DEVICES, DeviceProfile, device_profile
 from convcalc.errors import (
     ConvCalcError,
     DataError,
+    DeviceProfileError,
     ModelImportError,
     Problem,
     ShapeError,
@@ -23,6 +26,7 @@ from convcalc.errors import (
     TorchNotInstalledError,
     TrainingError,
 )
+from convcalc.fitting import FitReport, fit
 from convcalc.loader import load_spec
 from convcalc.report import LayerRow, Report, SpecWarning, Totals
 from convcalc.spec import Network
@@ -38,6 +42,21 @@ def from_torch(module: Any, input_shape: Any, **options: Any) -> Network:
     return trace(module, input_shape, **options)
 
 
+def profile(spec: Any, **options: Any) -> Any:
+    """Measure each layer's latency next to the estimate (imports torch; see
+    ``convcalc.profiling``)."""
+    from convcalc.profiling import profile as measure
+
+    return measure(spec, **options)
+
+
+def calibrate(device: str = "cpu", **options: Any) -> DeviceProfile:
+    """Measure this machine as a device profile (imports torch; see ``convcalc.profiling``)."""
+    from convcalc.profiling import calibrate as measure
+
+    return measure(device, **options)
+
+
 def build_module(spec: Any, **overrides: Any) -> Any:
     """The spec as a ``torch.nn.Module`` (imports torch; see ``convcalc.torch_bridge``)."""
     from convcalc.torch_bridge import build_module as build
@@ -46,9 +65,15 @@ def build_module(spec: Any, **overrides: Any) -> Any:
 
 
 __all__ = [
+    "DEVICES",
     "Comparison",
     "ConvCalcError",
     "DataError",
+    "DeviceProfile",
+    "DeviceProfileError",
+    "Estimate",
+    "FitReport",
+    "LayerEstimate",
     "LayerRow",
     "ModelImportError",
     "Network",
@@ -65,7 +90,12 @@ __all__ = [
     "__version__",
     "analyze",
     "build_module",
+    "calibrate",
     "compare",
+    "device_profile",
+    "estimate",
+    "fit",
     "from_torch",
     "load_spec",
+    "profile",
 ]

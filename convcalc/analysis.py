@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from convcalc.errors import Problem, ShapeError
+from convcalc.errors import ConvCalcError, ModelImportError, Problem, ShapeError
 from convcalc.graph import Graph, Group, Node, Ref, lower
 from convcalc.layers import LayerModel, LayerResult, SpatialMap, explained, explaining, format_shape
-from convcalc.loader import load_spec, with_overrides
+from convcalc.loader import MAX_INT, load_spec, with_overrides
 from convcalc.merges import Merge
 from convcalc.receptive_field import ReceptiveField
 from convcalc.report import DTYPE_BYTES, LayerRow, Report, SpecWarning, Totals
 from convcalc.spec import Network, Residual
+
+if TYPE_CHECKING:
+    from torch.nn import Module
 
 __all__ = ["analyze"]
 
@@ -36,6 +40,8 @@ class _Value:
     buffers: int = 0
     macs: int = 0
     saved_bytes: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
 
 
 class _Analyzer:
@@ -53,10 +59,10 @@ class _Analyzer:
         self.warnings: list[SpecWarning] = []
         self.activation_bytes = 0
         self.largest: tuple[int, str | None] = (0, None)
-        self.field_warned = False
+        self.field_covers_input: str | None = None  # first layer seeing the whole input
         self.storage_bytes: list[int] = []  # per tensor storage
         self.saved: set[int] = set()  # storages autograd keeps for backward
-        self.sums = [(0, 0, 0, 0, 0)]  # running totals after each node, for block rows
+        self.sums = [(0,) * 7]  # running totals after each node, for block rows
 
     # -- storage -------------------------------------------------------------------------
 
@@ -88,15 +94,22 @@ class _Analyzer:
             field = ReceptiveField.of_input(spatial) if spatial else None
             return _Value((shape,), field, (self.new_tensor(shape),), grad=False)
         inputs = [self.value_of(ref, node) for ref in node.inputs]
-        if node.join is not None:
-            return self.join(node, inputs)
-        return self.leaf(node, inputs)
+        value = self.join(node, inputs) if node.join is not None else self.leaf(node, inputs)
+        for shape in value.shapes:  # sizes past int64 would overflow the float totals
+            if shape and max(shape) > MAX_INT:
+                raise self.error(
+                    f"the output {format_shape(shape)} has a size larger than any tensor can "
+                    f"have (2**63 - 1)",
+                    node,
+                )
+        return value
 
     def leaf(self, node: Node, inputs: list[tuple[Shape, Any, int, bool]]) -> _Value:
         layer = node.leaf
         shapes = [shape for shape, _, _, _ in inputs]
         try:
             result = node_result(node, shapes)
+            trainable_params = layer.trainable_params(result) if node.trainable else 0
         except ShapeError as error:
             raise self.error(error.first.message, node) from None
         out_shapes = (result.output_shape, *result.extra_outputs)
@@ -104,10 +117,12 @@ class _Analyzer:
         if field is not None:
             if isinstance(result.windows, tuple):
                 field = field.through(result.windows) if result.windows else field
+                parts = (field.size, field.stride, field.padding)
+                if any(not -MAX_INT <= value <= MAX_INT for part in parts for value in part):
+                    field = None  # wider than any input can be: it sees the whole input
             elif result.windows is SpatialMap.DENSE or len(result.output_shape) != len(shapes[0]):
                 field = None
-        trainable = node.trainable
-        param_grad = trainable and result.params > 0
+        param_grad = trainable_params > 0
         grad = any(g for _, _, _, g in inputs)
         saved_bytes = 0
         if isinstance(layer, Merge):
@@ -123,26 +138,33 @@ class _Analyzer:
                 tensors = (in_tensor,) * len(out_shapes)
             else:
                 tensors = tuple(self.new_tensor(shape) for shape in out_shapes)
-            if param_grad or (in_grad and not saved.weight_grad_only):
+            weight_grad = param_grad and "weight" not in layer.frozen
+            if (weight_grad if saved.weight_grad_only else param_grad) or (
+                in_grad and not saved.weight_grad_only
+            ):
                 if saved.tensor is not None:
                     saved_bytes += self.save(in_tensor if saved.tensor == "input" else tensors[0])
                 saved_bytes += saved.extra_bytes
             if in_grad and saved.input_for_its_gradient:
                 saved_bytes += self.save(in_tensor)
+        read, written = (n * self.itemsize for n in layer.traffic(shapes, result))
+        family = layer.family(shapes[0])
         value = _Value(
             out_shapes,
             field,
             tensors,
             grad or param_grad,
             params=result.params,
-            trainable_params=result.params if trainable else 0,
+            trainable_params=trainable_params,
             buffers=result.buffers,
             macs=result.macs,
             saved_bytes=saved_bytes,
+            bytes_read=read,
+            bytes_written=written,
         )
         output_bytes = sum(math.prod(shape) for shape in out_shapes) * self.itemsize
         self.allocate(output_bytes, node.path)
-        self.check_field(layer, node.path, field)
+        self.check_field(node.path, field)
         sources: tuple[str, ...] = ()
         if layer.from_ is not None:
             sources = tuple(self.source_path(ref) for ref in node.inputs)
@@ -163,10 +185,15 @@ class _Analyzer:
             arguments=result.arguments,
             is_block=False,
             line=layer.line,
-            explanation=result.explanation,
             input_shapes=tuple(shapes) if len(shapes) > 1 else (),
             output_shapes=out_shapes if len(out_shapes) > 1 else (),
             sources=sources,
+            bytes_read=read,
+            bytes_written=written,
+            family=family,
+            explanation=result.explanation + self.traffic_formula(shapes, result, read, written)
+            if explaining()
+            else (),
         )
         for message in result.warnings:
             self.warn(layer, node.path, message)
@@ -184,9 +211,18 @@ class _Analyzer:
             raise self.error(error.first.message, node) from None
         field = self.merged_field(node, inputs, shape)
         # the sum or the concatenation is a new tensor; backward of + and cat keeps none
-        self.allocate(math.prod(shape) * self.itemsize, node.path)
+        output_bytes = math.prod(shape) * self.itemsize
+        self.allocate(output_bytes, node.path)
         grad = any(g for _, _, _, g in inputs)
-        return _Value((shape,), field, (self.new_tensor(shape),), grad)
+        read = sum(math.prod(shape) for shape in shapes) * self.itemsize
+        return _Value(
+            (shape,),
+            field,
+            (self.new_tensor(shape),),
+            grad,
+            bytes_read=read,
+            bytes_written=output_bytes,
+        )
 
     def merged_field(
         self, node: Node, inputs: list[tuple[Shape, Any, int, bool]], output: Shape
@@ -231,14 +267,16 @@ class _Analyzer:
     def close(self, group: Group) -> None:
         """The row of a block whose last node is done: its members' sums."""
         after, before = self.sums[group.last + 1], self.sums[group.first]
-        params, trainable, buffers, macs, saved = (a - b for a, b in zip(after, before))
+        params, trainable, buffers, macs, saved, read, written = (
+            a - b for a, b in zip(after, before)
+        )
         assert group.output is not None
         value = self.values[group.output.node]
         shape = value.shapes[group.output.index]
         entry = self.values[group.entry.node]
         layer = group.layer
         assert layer is not None
-        self.check_field(layer, group.path, value.field)
+        self.check_field(group.path, value.field)
         self.rows[id(group)] = LayerRow(
             path=group.path,
             name=group.name,
@@ -255,7 +293,30 @@ class _Analyzer:
             receptive_field=value.field,
             is_block=True,
             line=layer.line,
+            bytes_read=read,
+            bytes_written=written,
         )
+
+    def traffic_formula(
+        self, shapes: Sequence[Shape], result: LayerResult, read: int, written: int
+    ) -> tuple[str, ...]:
+        """``--explain``'s lines for the bytes a layer moves and its arithmetic intensity."""
+        if not read and not written:
+            return ("bytes read: 0 (a view: it moves no data)",)
+        terms = ["·".join(map(str, shape)) for shape in shapes]
+        terms += [str(n) for n in (result.params, result.buffers) if n]
+        lines = [f"bytes read: ({' + '.join(terms)})·{self.itemsize} = {read:,}"]
+        if not written:
+            lines.append("bytes written: 0 (in place, over its input)")
+            return tuple(lines)
+        outputs = (result.output_shape, *result.extra_outputs)
+        total = " + ".join("·".join(map(str, shape)) for shape in outputs)
+        line = f"bytes written: ({total})·{self.itemsize} = {written:,}"
+        if result.macs:
+            intensity = 2 * result.macs / (read + written)
+            line += f" (intensity {2 * result.macs:,} FLOPs / {read + written:,} B"
+            line += f" = {intensity:.2f} FLOP/B)"
+        return (*lines, line)
 
     def source_path(self, ref: Ref) -> str:
         node = self.graph.nodes[ref.node]
@@ -268,19 +329,17 @@ class _Analyzer:
         if output_bytes > self.largest[0]:
             self.largest = (output_bytes, path)
 
-    def check_field(self, layer: LayerModel, path: str, field: ReceptiveField | None) -> None:
-        if self.field_warned or field is None or len(field.size) != len(self.input_spatial):
+    def check_field(self, path: str, field: ReceptiveField | None) -> None:
+        """Note the first layer whose field is larger than the input (information for
+        the totals: every stock ImageNet network gets there, so it is no warning)."""
+        if (
+            self.field_covers_input is not None
+            or field is None
+            or len(field.size) != len(self.input_spatial)
+        ):
             return
         if any(r > n for r, n in zip(field.size, self.input_spatial)):
-            self.field_warned = True
-            size = "×".join(f"{float(r):g}" for r in field.size)
-            given = "×".join(map(str, self.input_spatial))
-            self.warn(
-                layer,
-                path,
-                f"the receptive field ({size}) is already larger than the {given} input: "
-                f"from here on every unit sees the whole input and its zero padding",
-            )
+            self.field_covers_input = path
 
     def warn(self, layer: LayerModel | None, path: str, message: str) -> None:
         name = layer.name if layer is not None else None
@@ -309,6 +368,8 @@ class _Analyzer:
                     last[2] + value.buffers,
                     last[3] + value.macs,
                     last[4] + value.saved_bytes,
+                    last[5] + value.bytes_read,
+                    last[6] + value.bytes_written,
                 )
             )
             for group in node.closes:
@@ -325,7 +386,7 @@ class _Analyzer:
                     "among the outputs",
                 )
         rows = tuple(self.rows[id(member)] for member in graph.rows())
-        params, trainable, buffers, macs, saved = self.sums[-1]
+        params, trainable, buffers, macs, saved, read, written = self.sums[-1]
         inputs = {name: self.values[ref.node].shapes[0] for name, ref in graph.inputs.items()}
         outputs = {
             label: self.value_of(ref, graph.nodes[ref.node]) for label, ref in graph.outputs.items()
@@ -342,6 +403,10 @@ class _Analyzer:
             largest_activation_bytes=self.largest[0],
             largest_activation_path=self.largest[1],
             saved_bytes=saved,
+            field_covers_input_path=self.field_covers_input,
+            bytes_read=read,
+            bytes_written=written,
+            peak_inference_bytes=inference_peak(graph, self.values, self.itemsize),
         )
         return Report(
             name=network.name,
@@ -356,6 +421,72 @@ class _Analyzer:
             outputs={label: value[0] for label, value in outputs.items()},
             explained=explaining(),
         )
+
+
+def inference_peak(graph: Graph, values: Sequence[_Value], itemsize: int) -> int:
+    """The most bytes of activations alive at once in a forward pass without autograd, as
+    eager PyTorch runs the module ``build_module`` makes.
+
+    Every layer writes a new tensor but views and in-place layers (those that write
+    nothing: ``LayerModel.traffic``), which keep their input's storage. A storage is
+    freed after its last reader; but a block is a module, and a Python call holds its
+    arguments, so what a block reads from outside lives until the block returns. The
+    inputs (the caller's) and the outputs live throughout. Memory a layer uses only
+    while it runs (workspaces) is not counted.
+    """
+    storage_bytes: list[int] = []
+    made: list[int] = []  # the node that makes each storage
+    storages: list[tuple[int, ...]] = []  # per node, the storage of each output
+    for node, value in zip(graph.nodes, values):
+        keeps_input = (
+            node.join is None
+            and node.layer is not None
+            and not isinstance(node.layer, Merge)
+            and not value.bytes_written  # a view or an in-place layer
+        )
+        if keeps_input:
+            first = node.inputs[0]
+            storages.append((storages[first.node][first.index],) * len(value.shapes))
+            continue
+        storages.append(tuple(range(len(storage_bytes), len(storage_bytes) + len(value.shapes))))
+        storage_bytes += (math.prod(shape) * itemsize for shape in value.shapes)
+        made += [node.index] * len(value.shapes)
+    freed = list(made)  # the node after which each storage is freed
+
+    def hold(ref: Ref, until: int) -> None:
+        storage = storages[ref.node][ref.index]
+        freed[storage] = max(freed[storage], until)
+
+    for node in graph.nodes:
+        for ref in node.inputs:
+            hold(ref, node.index)
+    for group in _groups(graph.root):
+        if group.first <= group.last:
+            hold(group.entry, group.last)
+            for node in graph.nodes[group.first : group.last + 1]:
+                for ref in node.inputs:
+                    if ref.node < group.first:
+                        hold(ref, group.last)
+    end = len(graph.nodes)
+    for ref in (*graph.inputs.values(), *graph.outputs.values()):
+        hold(ref, end)
+    change = [0] * (end + 2)
+    for storage, size in enumerate(storage_bytes):
+        change[made[storage]] += size
+        change[freed[storage] + 1] -= size
+    live = peak = 0
+    for step in change:
+        live += step
+        peak = max(peak, live)
+    return peak
+
+
+def _groups(group: Group) -> Iterator[Group]:
+    """Every group inside ``group`` (blocks and their chains: each is a module)."""
+    for member in group.members:
+        if isinstance(member, Group):
+            yield member
+            yield from _groups(member)
 
 
 def node_result(node: Node, shapes: Sequence[Shape]) -> LayerResult:
@@ -416,8 +547,32 @@ def concat_shape(shapes: Sequence[Shape]) -> Shape | str:
     return (first[0], sum(shape[1] for shape in shapes), *first[2:])
 
 
+def _imported(model: object, input: Sequence[int] | None) -> Network:
+    """The spec of a ``torch.nn.Module`` given to ``analyze`` (through ``from_torch``);
+    any other object is refused naming its type. Only a module imports torch."""
+    if not (
+        callable(getattr(model, "named_modules", None))
+        and callable(getattr(model, "forward", None))
+    ):
+        raise ConvCalcError(
+            f"analyze() takes a spec (a path, YAML text, a dict or a Network) or a "
+            f"torch.nn.Module, not {type(model).__name__}"
+        )
+    if input is None:
+        raise ModelImportError(
+            f"analyze() needs the input shape of the {type(model).__name__} module: "
+            f"analyze(model, input=[3, 224, 224]) (one sample, channels first)"
+        )
+    from convcalc.torch_import import UnusedParametersWarning, import_model
+
+    imported = import_model(model, input)
+    if imported.unused:
+        warnings.warn(imported.unused_message, UnusedParametersWarning, stacklevel=3)
+    return imported.network
+
+
 def analyze(
-    spec: str | os.PathLike[str] | Mapping[str, Any] | Network,
+    spec: str | os.PathLike[str] | Mapping[str, Any] | Network | Module,
     *,
     input: Sequence[int] | None = None,
     batch_size: int | None = None,
@@ -429,6 +584,9 @@ def analyze(
     ``spec`` is a path, YAML text, a dict or a loaded ``Network``; ``input`` (one
     sample, channels first), ``batch_size`` and ``dtype`` override the spec's. With
     ``explain`` every row carries its formulas with the numbers (``shape --explain``).
+    ``spec`` may also be a ``torch.nn.Module`` with its ``input`` shape (torchinfo's
+    ``summary(model, input_size)``, without the batch): it is imported with
+    ``from_torch``.
 
     >>> report = analyze({"input": [1, 28, 28], "layers": [
     ...     {"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1},
@@ -436,6 +594,8 @@ def analyze(
     >>> report.output_shape, report.totals.params
     ((1, 32, 14, 14), 320)
     """
+    if not isinstance(spec, (str, os.PathLike, Mapping, Network)):
+        spec, input = _imported(spec, input), None
     network = load_spec(spec)
     if input is not None or batch_size is not None or dtype is not None:
         network = with_overrides(network, input=input, batch_size=batch_size, dtype=dtype)

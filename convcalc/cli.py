@@ -11,6 +11,7 @@ import gc
 import re
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -98,7 +99,8 @@ class _RangeParam(click.ParamType):  # type: ignore[type-arg,unused-ignore]
         return low if high is None else range(low, high + 1)
 
 
-_spec_argument = click.argument("spec", type=click.Path(exists=True, dir_okay=False, readable=True))
+# Paths are checked by the loader, so a missing file or a directory is one sentence, exit 1.
+_spec_argument = click.argument("spec", type=click.Path())
 
 
 def _shape_options(function: Any) -> Any:
@@ -138,6 +140,46 @@ def _format_option(*choices: str, help: str | None = None) -> Callable[[Any], An
     )
 
 
+def _budget_option(function: Any) -> Any:
+    """``--budget QUANTITY=LIMIT``, repeatable, over the spec's ``budget:``."""
+    return click.option(
+        "--budget",
+        multiple=True,
+        metavar="QUANTITY=LIMIT",
+        help="Exit 1 when a number exceeds this limit (over the spec's budget:): params=5M, "
+        "macs=600M, activation_memory=200MiB, training_memory=8GiB@adam, "
+        "latency=20ms@jetson-orin; repeat for several.",
+    )(function)
+
+
+def _over_budget(report: Any, options: tuple[str, ...]) -> list[Any]:
+    """The limits of the spec's budget and ``--budget`` that the report exceeds."""
+    from pydantic import ValidationError
+
+    from convcalc.budget import budget_from_options, over_budget
+
+    try:
+        extra = budget_from_options(options)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConvCalcError(f"--budget: {where + ': ' if where else ''}{message}") from None
+    except ValueError as error:
+        raise ConvCalcError(str(error)) from None
+    network = report.network
+    budget = network.budget if network is not None else None
+    if budget is not None and extra is not None:
+        budget = budget.merged(extra)
+    budget = budget or extra
+    return [] if budget is None else over_budget(report, budget)
+
+
+def _print_budget(report: Any, exceeded: list[Any]) -> None:
+    for line in exceeded:
+        click.echo(f"error: {report.source or '<spec>'}: budget: {line}", err=True)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="convcalc")
 def cli() -> None:
@@ -163,6 +205,20 @@ def cli() -> None:
     is_flag=True,
     help="Under each layer, its output-size and parameter formulas with its numbers.",
 )
+@click.option(
+    "--traffic",
+    is_flag=True,
+    help="Columns for the bytes each layer reads and writes and its FLOPs per byte "
+    "(always in csv and json).",
+)
+@click.option(
+    "--device-profile",
+    "device_profile",
+    metavar="NAME|FILE",
+    help="Estimate each layer's time on a device (roofline): a shipped profile "
+    "(`convcalc devices` lists them) or a profile file from `convcalc calibrate`.",
+)
+@_budget_option
 @_override_options
 def shape(
     spec: str,
@@ -170,35 +226,107 @@ def shape(
     depth: int | None,
     optimizer: str | None,
     explain: bool,
+    traffic: bool,
+    device_profile: str | None,
+    budget: tuple[str, ...],
     input_shape: tuple[int, ...] | None,
     batch_size: int | None,
     dtype: str | None,
 ) -> None:
-    """Print every layer's output shape, params, MACs and receptive field, and totals."""
+    """Print every layer's output shape, params, MACs and receptive field, and totals;
+    exit 1 after the table when a budget is exceeded."""
     report = analyze(spec, input=input_shape, batch_size=batch_size, dtype=dtype, explain=explain)
-    click.echo(report.render(output_format, depth, optimizer, explain), nl=False)
+    exceeded = _over_budget(report, budget)  # a bad budget fails before anything is printed
+    text = report.render(output_format, depth, optimizer, explain, traffic, device_profile)
+    click.echo(text, nl=False)
+    if exceeded:
+        _print_budget(report, exceeded)
+        raise SystemExit(1)
+
+
+@cli.command(name="fit")
+@_spec_argument
+@click.option(
+    "--memory",
+    required=True,
+    metavar="BYTES",
+    help="The memory to fit in: 16GiB, 200MiB, 900MB, or a number of bytes.",
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(list(OPTIMIZER_STATES)),
+    help="The training step's optimizer (sgd = with momentum) [default: adam].",
+)
+@click.option(
+    "--inference", is_flag=True, help="Fit a forward pass without autograd instead of training."
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="The batch at which to find the largest input size [default: the spec's].",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(list(DTYPE_BYTES)),
+    help="Element type (default: the spec's, else float32).",
+)
+@_format_option("table", "json", help="table for people, json for programs.")
+def fit_command(
+    spec: str,
+    memory: str,
+    optimizer: str | None,
+    inference: bool,
+    batch_size: int | None,
+    dtype: str | None,
+    output_format: str,
+) -> None:
+    """The largest batch size whose memory estimate fits, and the largest input size.
+
+    The estimate is a training step's (weights, gradients, optimizer state, saved
+    activations) or, with --inference, a forward pass's (weights and the peak of the
+    activations alive at once). Input sizes are those `convcalc sizes` accepts, every
+    spatial dimension S, the channels kept.
+    """
+    from convcalc.fitting import fit
+
+    if inference and optimizer is not None:
+        raise click.UsageError("--optimizer is for training; --inference has no optimizer")
+    report = fit(
+        spec,
+        memory,
+        optimizer=optimizer or "adam",
+        inference=inference,
+        batch_size=batch_size,
+        dtype=dtype,
+    )
+    click.echo(report.render(output_format), nl=False)
 
 
 @cli.command()
-@click.argument(
-    "specs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, readable=True)
-)
+@click.argument("specs", nargs=-1, required=True, type=click.Path())
+@_budget_option
 @_override_options
 def check(
     specs: tuple[str, ...],
+    budget: tuple[str, ...],
     input_shape: tuple[int, ...] | None,
     batch_size: int | None,
     dtype: str | None,
 ) -> None:
-    """Validate specs (one or several): a line for each, every problem printed; exit 1 if
-    any fails."""
+    """Validate specs (one or several) and hold them to their budgets: a line for each,
+    every problem printed; exit 1 if any fails."""
     failed = 0
     for spec in specs:
         try:
             report = analyze(spec, input=input_shape, batch_size=batch_size, dtype=dtype)
+            exceeded = _over_budget(report, budget)
         except ConvCalcError as error:
             failed += 1
             _print_error(error)
+            continue
+        if exceeded:
+            failed += 1
+            _print_budget(report, exceeded)
             continue
         for warning in report.warnings:
             click.echo(f"warning: {report.source}: {warning}", err=True)
@@ -346,6 +474,110 @@ def schema(output: str | None) -> None:
 
 @cli.command()
 @_spec_argument
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--device-profile",
+    "device_profile",
+    metavar="NAME|FILE",
+    help="The profile to estimate with (default: what `convcalc calibrate` wrote for this "
+    "device, if anything).",
+)
+@click.option("--runs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
+@_format_option("table", "json", help="table for people, json for programs.")
+@_shape_options
+def profile(
+    spec: str,
+    device: str,
+    device_profile: str | None,
+    runs: int,
+    warmup: int,
+    output_format: str,
+    input_shape: tuple[int, ...] | None,
+    batch_size: int | None,
+) -> None:
+    """Measure each layer's latency on this machine (median of --runs passes after
+    --warmup), next to the roofline estimate and their ratio."""
+    with _extra("torch"):
+        from convcalc.profiling import default_profile_path
+        from convcalc.profiling import profile as measure
+
+    if device_profile is None and default_profile_path(device).exists():
+        device_profile = str(default_profile_path(device))
+    result = measure(
+        spec,
+        device=device,
+        batch_size=batch_size,
+        input=input_shape,
+        device_profile=device_profile,
+        runs=runs,
+        warmup=warmup,
+    )
+    if output_format == "json":
+        import json
+
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    from convcalc.formatting import profile_table
+
+    click.echo(profile_table(result), nl=False)
+
+
+@cli.command()
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the profile here (default: ~/.cache/convcalc/DEVICE.yaml, which `profile` reads).",
+)
+@click.option("--quick", is_flag=True, help="Smaller problems: a second, rougher figures.")
+def calibrate(device: str, output: str | None, quick: bool) -> None:
+    """Measure this machine's peak FLOP/s, memory bandwidth, per-layer overhead and each
+    layer family's efficiency, and write them as a device profile."""
+    with _extra("torch"):
+        from convcalc.profiling import calibrate as measure
+        from convcalc.profiling import default_profile_path
+
+    result = measure(device, quick=quick, progress=lambda line: click.echo(line, err=True))
+    path = Path(output) if output else default_profile_path(device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(result.to_yaml(), encoding="utf-8")
+    click.echo(f"wrote {path}: use it with --device-profile {path}")
+
+
+@cli.command()
+@_format_option("table", "json", help="table for people, json for programs.")
+def devices(output_format: str) -> None:
+    """List the shipped device profiles for `shape --device-profile`: peak FLOP/s per
+    dtype, memory bandwidth, and the data sheet each comes from."""
+    import json
+
+    from tabulate import tabulate
+
+    from convcalc.devices import DEVICES
+
+    if output_format == "json":
+        data = [profile.model_dump() for profile in DEVICES.values()]
+        click.echo(json.dumps(data, indent=2))
+        return
+    rows = [
+        [
+            profile.name,
+            profile.description,
+            f"{profile.peak.get('float32', 0) / 1e12:,.2f}",
+            f"{max(profile.peak.values()) / 1e12:,.1f}",
+            f"{profile.bandwidth / 1e9:,.1f}",
+            profile.source,
+        ]
+        for profile in DEVICES.values()
+    ]
+    headers = ["Profile", "Device", "float32 TFLOP/s", "best TFLOP/s", "GB/s", "Source"]
+    click.echo(tabulate(rows, headers, disable_numparse=True))
+
+
+@cli.command()
+@_spec_argument
 @click.option(
     "--output",
     "-o",
@@ -483,23 +715,34 @@ def maps(
 
 
 @cli.command(name="compare")
-@click.argument("spec_a", type=click.Path(exists=True, dir_okay=False, readable=True))
-@click.argument("spec_b", type=click.Path(exists=True, dir_okay=False, readable=True))
+@click.argument("spec_a", type=click.Path())
+@click.argument("spec_b", type=click.Path())
 @_format_option("table", "markdown", "json", help="markdown pastes into a pull request.")
+@click.option(
+    "--depth",
+    type=click.IntRange(min=1),
+    help="Pair layers down to this nesting depth (1 = top level); deeper blocks are one "
+    "row with their sums [default: every layer].",
+)
 @_override_options
 def compare_command(
     spec_a: str,
     spec_b: str,
     output_format: str,
+    depth: int | None,
     input_shape: tuple[int, ...] | None,
     batch_size: int | None,
     dtype: str | None,
 ) -> None:
-    """Two specs side by side: totals with absolute and relative changes, then per block."""
+    """Two specs side by side: totals with absolute and relative changes, then layer by layer.
+
+    Layers pair by name, or by place and type, and otherwise by order and type, however
+    the two specs nest them; a layer on one side only has its own row.
+    """
     from convcalc.compare import compare
 
     comparison = compare(spec_a, spec_b, input=input_shape, batch_size=batch_size, dtype=dtype)
-    click.echo(comparison.render(output_format), nl=False)
+    click.echo(comparison.render(output_format, depth), nl=False)
 
 
 @cli.command()
@@ -510,17 +753,24 @@ def compare_command(
     type=_RangeParam(),
     help="Candidate sizes A:B, both included [default: 1 to 1024, or the spec's size].",
 )
+@click.option(
+    "--vary",
+    metavar="H,W",
+    help="The spatial dimensions that take the size S, named as in the spec format (L in "
+    "[C, L]; H, W in [C, H, W]; D, H, W in [C, D, H, W]); the others keep the spec's "
+    "size [default: all].",
+)
 @_format_option("table", "markdown", "json")
-def sizes(spec: str, sizes: int | range | None, output_format: str) -> None:
+def sizes(spec: str, sizes: int | range | None, vary: str | None, output_format: str) -> None:
     """Which input sizes pass through the whole network without an error or dropped pixels.
 
-    Every spatial dimension takes the size S; for sizes that fail, the first layer that
-    fails (or the first that drops input pixels) is named.
+    Every spatial dimension (or those --vary names) takes the size S; for sizes that fail,
+    the first layer that fails (or the first that drops input pixels) is named.
     """
     from convcalc.sizes import check_sizes
 
     candidates = [sizes] if isinstance(sizes, int) else sizes
-    click.echo(check_sizes(spec, candidates).render(output_format), nl=False)
+    click.echo(check_sizes(spec, candidates, vary).render(output_format), nl=False)
 
 
 @cli.command()

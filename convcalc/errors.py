@@ -12,6 +12,7 @@ Every error the library raises on purpose derives from one base, so a caller
     ├── TrainingError            training cannot start or go on (NaN loss, no CUDA, resume)
     ├── ModelImportError         a PyTorch model that cannot be imported as a spec
     ├── MapsError                an image, filters, layer or weights `maps` cannot use
+    ├── DeviceProfileError       an unknown device profile or a profile file that does not parse
     └── TorchNotInstalledError   a command needs PyTorch and it is not installed
 
 Low-level code (the layer models and formulas) raises plain ``ValueError`` with a
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 __all__ = [
     "ConvCalcError",
     "DataError",
+    "DeviceProfileError",
     "MapsError",
     "ModelImportError",
     "Problem",
@@ -58,9 +60,14 @@ class Problem:
         if self.line is not None:
             where += f":{self.line}"
         if self.path:
-            layer = self.path if not self.layer_name else f"{self.path} ({self.layer_name})"
+            name = self.layer_name
+            layer = self.path if not name else f"{self.path} ({_cut(name, MAX_NAME_SHOWN)})"
             return f"{where}: {layer}: {self.message}"
         return f"{where}: {self.message}"
+
+
+class DeviceProfileError(ConvCalcError):
+    """An unknown device profile, or a profile file with missing or bad values."""
 
 
 class SpecError(ConvCalcError):
@@ -70,9 +77,16 @@ class SpecError(ConvCalcError):
         if isinstance(problems, str):  # a bare message; the caller adds the location later
             problems = Problem(problems)
         self.problems = [problems] if isinstance(problems, Problem) else list(problems)
-        lines = [str(p) for p in self.problems[:MAX_PROBLEMS_SHOWN]]
-        if len(self.problems) > MAX_PROBLEMS_SHOWN:  # every one stays in .problems
-            lines.append(f"... and {len(self.problems) - MAX_PROBLEMS_SHOWN} more problems")
+        lines: list[str] = []
+        size = 0
+        for problem in self.problems[:MAX_PROBLEMS_SHOWN]:
+            line = _cut(str(problem), MAX_LINE_BYTES)
+            size += len(line.encode())
+            if lines and size > MAX_MESSAGE_BYTES:
+                break
+            lines.append(line)
+        if len(self.problems) > len(lines):  # every one stays in .problems
+            lines.append(f"... and {len(self.problems) - len(lines)} more problems")
         super().__init__("\n".join(lines))
 
     @property
@@ -116,7 +130,22 @@ class TorchNotInstalledError(ConvCalcError):
 
 
 MAX_SHOWN = 200  # characters of a value quoted in a message
-MAX_PROBLEMS_SHOWN = 5  # problems a message lists (all are in SpecError.problems)
+MAX_NAME_SHOWN = 60  # characters of a layer's name in a location
+MAX_PROBLEMS_SHOWN = 5  # problems a message lists (all are in SpecError.problems),
+MAX_LINE_BYTES = 500  # each cut to this (a value is cut shorter where it is quoted),
+MAX_MESSAGE_BYTES = 1500  # and no more of them than fit in this: a message stays under 2 KB
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text``, cut to ``limit`` bytes of UTF-8 with an ellipsis.
+
+    >>> _cut("abcdef", 4), _cut("abc", 4)
+    ('a…', 'abc')
+    """
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode(errors="ignore") + "…"
 
 
 class _Repr(reprlib.Repr):

@@ -165,8 +165,11 @@ class _Writer:
 
     def leaf(self, node: Node) -> str:
         layer = node.leaf
+        module = _access("self.layers", node.path)
         if not layer.trainable:
-            self.frozen.append(f"{_access('self.layers', node.path)}.requires_grad_(False)")
+            self.frozen.append(f"{module}.requires_grad_(False)")
+        for tensor in layer.frozen:  # frozen: [bias], say
+            self.frozen.append(f"{module}.{tensor}.requires_grad_(False)")
         arguments = torch_arguments(layer, self.rows[node.path].input_shape)
         inferred = [key for key in arguments if key in INFERRED_FIELDS]
         order = inferred + [key for key in arguments if key not in inferred]

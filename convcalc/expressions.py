@@ -27,12 +27,16 @@ _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
 }
 _FUNCTIONS: dict[str, Callable[..., Any]] = {"min": min, "max": max}
 _MAX_DIGITS = 30  # a power that would produce a larger number is refused
+_MAX_VALUE = 2**63 - 1  # nor may any step give a number larger than this (int64's largest)
+_MAX_LENGTH = 200  # characters: a longer string is never an expression
 
 
 def _parse(text: str) -> ast.expr | None:
+    if len(text) > _MAX_LENGTH:  # nor can it nest deep enough to exhaust the stack
+        return None
     try:
         return ast.parse(text.strip(), mode="eval").body
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
 
 
@@ -94,7 +98,7 @@ def _value(node: ast.expr, text: str, names: Mapping[str, Any]) -> Any:
                         f"(use // to round down)"
                     )
                 return left // right
-            return left / right
+            return _bounded(left / right, text)
         function = _BINARY.get(type(node.op))
         if function is None:
             raise ExpressionError(f"{text!r} uses an operator that is not allowed")
@@ -104,7 +108,10 @@ def _value(node: ast.expr, text: str, names: Mapping[str, Any]) -> Any:
             abs(right) > 64 or (abs(left) > 1 and abs(right) * len(str(abs(left))) > _MAX_DIGITS)
         ):
             raise ExpressionError(f"{text!r} is too large")
-        return function(left, right)
+        try:
+            return _bounded(function(left, right), text)
+        except (OverflowError, ZeroDivisionError):  # 1e300 ** 2, 0 ** -1
+            raise ExpressionError(f"{text!r} has no finite value") from None
     if (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Name)
@@ -118,6 +125,12 @@ def _value(node: ast.expr, text: str, names: Mapping[str, Any]) -> Any:
         f"{text!r} is not allowed: only numbers, parameter names, + - * / // % **, "
         f"parentheses, min and max"
     )
+
+
+def _bounded(value: int | float, text: str) -> int | float:
+    if not abs(value) <= _MAX_VALUE:  # also NaN and infinity
+        raise ExpressionError(f"{text!r} is too large")
+    return value
 
 
 def _number(value: Any, text: str) -> int | float:

@@ -6,9 +6,13 @@ prefixes the file, line, layer path and field name.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Annotated, Any
 
 from pydantic import PlainValidator, WithJsonSchema
+
+from convcalc.errors import shown
 
 __all__ = [
     "Bool",
@@ -32,13 +36,13 @@ def _is_int(value: object) -> bool:
 
 def _int(value: object) -> int:
     if not _is_int(value):
-        raise ValueError(f"must be an integer, got {value!r}")
+        raise ValueError(f"must be an integer, got {shown(value)}")
     return value  # type: ignore[return-value]
 
 
 def _positive_int(value: object) -> int:
     if not _is_int(value) or value < 1:  # type: ignore[operator]
-        raise ValueError(f"must be a positive integer, got {value!r}")
+        raise ValueError(f"must be a positive integer, got {shown(value)}")
     return value  # type: ignore[return-value]
 
 
@@ -53,8 +57,8 @@ def _ints(minimum: int | None, what: str) -> Any:
             candidates = list(items)
         for item in candidates:
             if not _is_int(item) or (minimum is not None and item < minimum):  # type: ignore[operator]
-                shown = value if items is not None else item
-                raise ValueError(f"must be {what} or a list of them, got {shown!r}")
+                bad = value if items is not None else item
+                raise ValueError(f"must be {what} or a list of them, got {shown(bad)}")
         return tuple(items) if items is not None else value  # type: ignore[return-value]
 
     return validate
@@ -71,28 +75,27 @@ def _ints_schema(minimum: int | None) -> dict[str, Any]:
 
 def _bool(value: object) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, got {value!r}")
+        raise ValueError(f"must be true or false, got {shown(value)}")
     return value
 
 
 def _float(value: object) -> float:
     # PyYAML reads 1e-5 (no dot) as a string; accept what float() accepts.
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise ValueError(f"must be a number, got {value!r}")
+    number = None
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError, OverflowError):  # an int past 1e308 overflows
+            number = float(value)
+    if number is None:
+        raise ValueError(f"must be a number, got {shown(value)}")
+    if not math.isfinite(number):  # .inf or .nan: no size or rate can use it
+        raise ValueError(f"must be a finite number, got {shown(value)}")
+    return number
 
 
 def _probability(value: object) -> float:
     number = _float(value)
     if not 0.0 <= number <= 1.0:
-        raise ValueError(f"must be a probability between 0 and 1, got {value!r}")
+        raise ValueError(f"must be a probability between 0 and 1, got {shown(value)}")
     return number
 
 
@@ -103,7 +106,7 @@ def _positive_floats(value: object) -> float | tuple[float, ...]:
     except ValueError:
         numbers = []
     if not numbers or min(numbers) <= 0:
-        raise ValueError(f"must be a positive number or a list of them, got {value!r}")
+        raise ValueError(f"must be a positive number or a list of them, got {shown(value)}")
     return tuple(numbers) if isinstance(value, (list, tuple)) else numbers[0]
 
 
@@ -118,7 +121,7 @@ def _output_size(value: object) -> int | tuple[int | None, ...]:
         return value  # type: ignore[return-value]
     raise ValueError(
         f"must be a positive integer or a list of positive integers and nulls "
-        f"(null keeps that input size), got {value!r}"
+        f"(null keeps that input size), got {shown(value)}"
     )
 
 
@@ -126,7 +129,8 @@ def _padding(value: object) -> int | tuple[int, ...] | str:
     if isinstance(value, str):
         if value not in ("same", "valid"):
             raise ValueError(
-                f"must be a non-negative integer, a list of them, 'same' or 'valid', got {value!r}"
+                f"must be a non-negative integer, a list of them, 'same' or 'valid', "
+                f"got {shown(value)}"
             )
         return value
     return _ints(0, "a non-negative integer")(value)  # type: ignore[no-any-return]

@@ -12,6 +12,7 @@ from fractions import Fraction
 
 __all__ = [
     "adaptive_window",
+    "adaptive_window_widths",
     "conv_output_size",
     "conv_transpose_output_size",
     "effective_kernel",
@@ -113,6 +114,24 @@ def adaptive_window(size: int, output_size: int, index: int) -> tuple[int, int]:
     start = (index * size) // output_size
     end = -((-(index + 1) * size) // output_size)
     return start, end
+
+
+def adaptive_window_widths(size: int, output_size: int) -> tuple[int, ...]:
+    """The distinct widths of adaptive pooling's windows, smallest first, found without
+    walking the windows (an output_size of 10**18 is answered at once).
+
+    With n = q·o + r, window i is ⌈(i+1)·n/o⌉ − ⌊i·n/o⌋ = q + ⌈(f + r)/o⌉ wide, where
+    f = i·r mod o runs over the multiples of gcd(r, o) below o.
+
+    >>> adaptive_window_widths(10, 3), adaptive_window_widths(5, 3), adaptive_window_widths(8, 4)
+    ((4,), (2, 3), (2,))
+    """
+    whole, rest = divmod(size, output_size)
+    if rest == 0:
+        return (whole,)
+    if math.gcd(rest, output_size) == rest:  # then f + r never passes o
+        return (whole + 1,)
+    return (whole + 1, whole + 2)
 
 
 def uncovered_pixels(

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from convcalc.errors import Problem, SpecValidationError
+from convcalc.errors import Problem, SpecValidationError, shown
 from convcalc.layers import LayerModel, Leaf
 from convcalc.spec import (
     Block,
@@ -338,7 +338,7 @@ class _Lowering:
     def resolve(self, text: str, layer: LayerModel | None, where: str) -> Ref:
         """The output a ``from`` (or ``outputs``) entry names."""
         if not isinstance(text, str) or not text:
-            raise self.error(f"from: expected a layer name, got {text!r}", layer, where)
+            raise self.error(f"from: expected a layer name, got {shown(text)}", layer, where)
         for table in (self.names, self.paths):
             if text in table:
                 return table[text]
@@ -353,7 +353,7 @@ class _Lowering:
         what = "outputs" if layer is None else "from"
         if later:
             raise self.error(
-                f"{what}: {text!r} is not an earlier layer: a layer takes only the outputs of "
+                f"{what}: {shown(text)} is not an earlier layer: a layer takes only the outputs of "
                 f"layers before it (a later one would make a cycle)",
                 layer,
                 where,
@@ -361,7 +361,7 @@ class _Lowering:
         known = [*self.names, *self.paths]
         close = difflib.get_close_matches(text, known, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise self.error(f"{what}: no earlier layer is named {text!r}{hint}", layer, where)
+        raise self.error(f"{what}: no earlier layer is named {shown(text)}{hint}", layer, where)
 
     def error(self, message: str, layer: LayerModel | None, path: str) -> SpecValidationError:
         line = layer.line if layer is not None else None

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from convcalc.errors import ShapeError
+from convcalc.errors import ShapeError, shown
 from convcalc.fields import (
     Bool,
     Float,
@@ -36,7 +36,7 @@ from convcalc.fields import (
     per_dim,
 )
 from convcalc.formulas import (
-    adaptive_window,
+    adaptive_window_widths,
     conv_output_size,
     conv_transpose_output_size,
     effective_kernel,
@@ -101,6 +101,8 @@ class LayerResult:
     skipped: str = ""
     # A layer with several outputs (split, chunk): the shapes after ``output_shape``.
     extra_outputs: tuple[Shape, ...] = ()
+    # Each parameter tensor as (torch's attribute name, size); the sizes add up to params.
+    parameter_tensors: tuple[tuple[str, int], ...] = ()
     # How the numbers come about: each output size and the parameters, as formulas with
     # this layer's numbers substituted (``shape --explain``).
     explanation: tuple[str, ...] = ()
@@ -122,7 +124,7 @@ class Saved:
     extra_bytes: int = 0  # tensors made only to be saved: pooling indices, masks, statistics
     shares_input: bool = False  # the output is the input's storage (views, in-place layers)
     input_for_its_gradient: bool = False  # the input too, when the input needs a gradient
-    weight_grad_only: bool = False  # saved only when the layer's own parameters train
+    weight_grad_only: bool = False  # saved only when the layer's weight trains
 
 
 NOTHING_SAVED = Saved(None)
@@ -171,6 +173,9 @@ class Leaf(LayerModel):
     """A layer with no children: it maps one tensor shape to another."""
 
     type: str
+    # Parameter tensors (torch's names: weight, bias) frozen while the others train;
+    # ``trainable: false`` freezes them all.
+    frozen: tuple[str, ...] = ()
     torch_names: ClassVar[tuple[str, ...]]
     # -- per-family hooks, with defaults (other modules read these, never a table) ----
     # torch.nn has no such class: torch_bridge builds the class of this name from
@@ -189,6 +194,10 @@ class Leaf(LayerModel):
     # layer's box (type -> short label, e.g. batchnorm2d -> BN; the type itself if absent).
     draw_family: ClassVar[str] = ""
     short_labels: ClassVar[dict[str, str]] = {}
+    # What a roofline estimate counts it as (convcalc.cost; a device profile's efficiency
+    # is per family): conv, depthwise, pointwise, linear, pool, elementwise, copy (moves
+    # data, computes nothing) or view (moves nothing: flatten, a split, dropout in eval).
+    cost_family: ClassVar[str] = "elementwise"
 
     @property
     def dims(self) -> int:
@@ -221,6 +230,33 @@ class Leaf(LayerModel):
         """What backward needs from this layer (by default: its input)."""
         return Saved("input")
 
+    def family(self, input_shape: Shape) -> str:
+        """The cost family of this layer on this input (``cost_family`` by default)."""
+        return self.cost_family
+
+    def traffic(self, input_shapes: Sequence[Shape], result: LayerResult) -> tuple[int, int]:
+        """Elements read and written in one pass, in evaluation: every input, parameter
+        and buffer read once, every output written once; a view moves nothing, and an
+        in-place layer writes over its input (nothing new)."""
+        if self.family(input_shapes[0]) == "view":
+            return 0, 0
+        read = sum(math.prod(shape) for shape in input_shapes) + result.params + result.buffers
+        if getattr(self, "inplace", False):
+            return read, 0
+        outputs = (result.output_shape, *result.extra_outputs)
+        return read, sum(math.prod(shape) for shape in outputs)
+
+    def trainable_params(self, result: LayerResult) -> int:
+        """The parameters that train: all but those of the tensors ``frozen`` names."""
+        if not self.frozen:
+            return result.params
+        sizes = dict(result.parameter_tensors)
+        for name in self.frozen:
+            if name not in sizes:
+                have = ", ".join(sizes) or "none"
+                raise _fail(f"frozen: {self.type} has no parameter {shown(name)} (it has: {have})")
+        return result.params - sum(sizes[name] for name in set(self.frozen))
+
     # -- helpers shared by the families ---------------------------------------------------
 
     def _require_rank(self, shape: Shape, *ranks: int) -> None:
@@ -246,7 +282,7 @@ class Leaf(LayerModel):
             if isinstance(value, tuple) and len(value) != self.dims:
                 raise ValueError(
                     f"{field}: {self.type} takes one value or {self.dims}, "
-                    f"got {len(value)}: {list(value)}"
+                    f"got {len(value)}: {shown(list(value))}"
                 )
 
 
@@ -269,9 +305,10 @@ def _window_warnings(
         lost = uncovered_pixels(n, k, s, p, d, o)
         if lost:
             dropped.append(f"{_plural(lost, _UNITS[name])} ({name})")
-        reached = {(t * d) % s for t in range(min(k, s))}
-        if len(reached) < s:
-            skipped.append(f"{s - len(reached)} of every {s} in {name}")
+        # taps t·d (t < k) reach the multiples of gcd(d, s) modulo s, s / gcd of them
+        reached = min(k, s // math.gcd(d, s))
+        if reached < s:
+            skipped.append(f"{s - reached} of every {s} in {name}")
     dropped_message = skipped_message = ""
     if dropped:
         dropped_message = (
@@ -318,6 +355,15 @@ def _times(values: Sequence[int]) -> str:
     return "·".join(map(str, values))
 
 
+def _weight_and_bias(weight: int, bias: int) -> tuple[tuple[str, int], ...]:
+    """The parameter tensors of a layer with a weight and, when ``bias`` is not 0, a bias.
+
+    >>> _weight_and_bias(27, 3)
+    (('weight', 27), ('bias', 3))
+    """
+    return (("weight", weight), ("bias", bias)) if bias else (("weight", weight),)
+
+
 def _params_line(weights: Sequence[int], bias: int, total: int) -> str:
     """``params: (11·11·3/1)·64 + 64 = 23,296``-style line from the weight's factors."""
     return f"params: {_times(weights)}{f' + {bias}' if bias else ''} = {total:,}"
@@ -348,6 +394,14 @@ class Conv(Leaf):
     groups: PositiveInt = 1
     bias: Bool = True
     padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros"
+
+    def family(self, input_shape: Shape) -> str:
+        """depthwise (one group per input channel), pointwise (1×1, dense) or conv."""
+        if self.groups > 1 and self.groups == input_shape[1]:
+            return "depthwise"
+        if self.groups == 1 and all(k == 1 for k in per_dim(self.kernel_size, self.dims)):
+            return "pointwise"
+        return "conv"
 
     @model_validator(mode="after")
     def _check(self) -> "Conv":
@@ -451,6 +505,9 @@ class Conv(Leaf):
         return LayerResult(
             output_shape=(batch, self.out_channels, *output),
             params=params,
+            parameter_tensors=_weight_and_bias(
+                per_output * self.out_channels, self.out_channels if self.bias else 0
+            ),
             macs=macs,
             explanation=tuple(explanation),
             windows=tuple(
@@ -478,6 +535,8 @@ class Conv(Leaf):
 
 class ConvTranspose(Leaf):
     """``nn.ConvTranspose1d``/``2d``/``3d``."""
+
+    cost_family: ClassVar[str] = "conv"
 
     draw_family: ClassVar[str] = "convtranspose"
     torch_names: ClassVar[tuple[str, ...]] = (
@@ -590,6 +649,9 @@ class ConvTranspose(Leaf):
         return LayerResult(
             output_shape=(batch, self.out_channels, *output),
             params=params,
+            parameter_tensors=_weight_and_bias(
+                channels * per_input, self.out_channels if self.bias else 0
+            ),
             macs=macs,
             windows=windows,
             arguments=arguments,
@@ -675,6 +737,8 @@ class _Pool(Leaf):
 class MaxPool(_Pool):
     """``nn.MaxPool1d``/``2d``/``3d``."""
 
+    cost_family: ClassVar[str] = "pool"
+
     torch_names: ClassVar[tuple[str, ...]] = ("MaxPool1d", "MaxPool2d", "MaxPool3d")
     type: Literal["maxpool1d", "maxpool2d", "maxpool3d"]
     dilation: PositiveIntOrInts = 1
@@ -728,6 +792,8 @@ class AvgPool(_Pool):
 class AdaptivePool(Leaf):
     """``nn.AdaptiveAvgPool1d``/``2d``/``3d`` and ``nn.AdaptiveMaxPool1d``/``2d``/``3d``."""
 
+    cost_family: ClassVar[str] = "pool"
+
     draw_family: ClassVar[str] = "adaptive"
     torch_names: ClassVar[tuple[str, ...]] = (
         "AdaptiveAvgPool1d",
@@ -775,17 +841,13 @@ class AdaptivePool(Leaf):
             if n % o == 0:
                 windows.append(Window(n // o, n // o, 0))
             else:  # uneven windows: the widest one, at the average stride
-                widest = max(
-                    end - start for start, end in (adaptive_window(n, o, i) for i in range(o))
-                )
+                widest = adaptive_window_widths(n, o)[-1]
                 windows.append(Window(widest, Fraction(n, o), 0))
         explanation: Any = ()
         if explaining():  # formula text only when asked for (shape --explain)
             explanation = []
             for name, n, o in zip(SPATIAL_NAMES[dims], spatial, output):
-                widths = sorted(
-                    {end - start for start, end in (adaptive_window(n, o, i) for i in range(o))}
-                )
+                widths = adaptive_window_widths(n, o)
                 explanation.append(
                     f"{name}: {o} (output_size); window i covers ⌊i·{n}/{o}⌋ … "
                     f"⌈(i+1)·{n}/{o}⌉ − 1, {' or '.join(map(str, widths))} wide"
@@ -848,6 +910,7 @@ class BatchNorm(Leaf):
         return LayerResult(
             output_shape=input_shape,
             params=2 * channels if self.affine else 0,
+            parameter_tensors=_weight_and_bias(channels, channels) if self.affine else (),
             buffers=2 * channels + 1 if self.track_running_stats else 0,
             arguments="" if self.affine else "affine=False",
             warnings=warnings,
@@ -912,6 +975,7 @@ class InstanceNorm(Leaf):
         return LayerResult(
             output_shape=input_shape,
             params=2 * channels if self.affine else 0,
+            parameter_tensors=_weight_and_bias(channels, channels) if self.affine else (),
             buffers=2 * channels + 1 if self.track_running_stats else 0,
             arguments="affine" if self.affine else "",
             warnings=warnings,
@@ -961,6 +1025,7 @@ class GroupNorm(Leaf):
         return LayerResult(
             output_shape=input_shape,
             params=2 * channels if self.affine else 0,
+            parameter_tensors=_weight_and_bias(channels, channels) if self.affine else (),
             arguments=f"groups={self.num_groups}",
             explanation=(_norm_explanation(channels, self.affine, False)) if explaining() else (),
         )
@@ -1012,6 +1077,9 @@ class LayerNorm(Leaf):
         return LayerResult(
             output_shape=input_shape,
             params=params,
+            parameter_tensors=_weight_and_bias(size, size if self.bias else 0)
+            if self.elementwise_affine
+            else (),
             arguments=f"over {list(normalized)}",
             explanation=explanation,
         )
@@ -1094,6 +1162,9 @@ class Elementwise(Leaf):
     drawn_folded: ClassVar[bool] = True
     functional_names: ClassVar[dict[str, str]] = {"sigmoid": "sigmoid", "tanh": "tanh"}
     type: Literal["sigmoid", "tanh", "identity"]
+
+    def family(self, input_shape: Shape) -> str:
+        return "view" if self.type == "identity" else "elementwise"
 
     def infer(self, input_shape: Shape) -> LayerResult:
         return LayerResult(output_shape=input_shape)
@@ -1187,6 +1258,8 @@ class Softmax(Leaf):
 class Dropout(Leaf):
     """``nn.Dropout`` and the channel-wise ``Dropout1d``/``2d``/``3d``."""
 
+    cost_family: ClassVar[str] = "view"
+
     short_labels: ClassVar[dict[str, str]] = {
         "dropout1d": "dropout", "dropout2d": "dropout", "dropout3d": "dropout"
     }  # fmt: skip
@@ -1221,6 +1294,8 @@ class Dropout(Leaf):
 
 class Flatten(Leaf):
     """``nn.Flatten``: merges ``start_dim`` … ``end_dim`` (batch stays by default)."""
+
+    cost_family: ClassVar[str] = "view"
 
     draw_family: ClassVar[str] = "reshape"
     torch_names: ClassVar[tuple[str, ...]] = ("Flatten",)
@@ -1260,6 +1335,8 @@ class Flatten(Leaf):
 class Linear(Leaf):
     """``nn.Linear`` on the last dimension; after a spatial output it wants a flatten first."""
 
+    cost_family: ClassVar[str] = "linear"
+
     draw_family: ClassVar[str] = "linear"
     torch_names: ClassVar[tuple[str, ...]] = ("Linear",)
     type: Literal["linear"]
@@ -1286,6 +1363,9 @@ class Linear(Leaf):
         return LayerResult(
             output_shape=(*input_shape[:-1], self.out_features),
             params=params,
+            parameter_tensors=_weight_and_bias(
+                features * self.out_features, self.out_features if self.bias else 0
+            ),
             macs=macs,
             windows=SpatialMap.DENSE,
             arguments=f"{features}→{self.out_features}" + ("" if self.bias else " bias=False"),
@@ -1308,6 +1388,8 @@ class Linear(Leaf):
 
 class Upsample(Leaf):
     """``nn.Upsample``: a fixed ``size`` or a ``scale_factor``."""
+
+    cost_family: ClassVar[str] = "copy"
 
     draw_family: ClassVar[str] = "upsample"
     torch_names: ClassVar[tuple[str, ...]] = ("Upsample",)
@@ -1370,6 +1452,12 @@ class Upsample(Leaf):
                     f"scale_factor {list(factors)} has {len(factors)} values for {dims} "
                     f"spatial dimensions of {format_shape(input_shape)}"
                 )
+            for name, n, f in zip(SPATIAL_NAMES[dims], spatial, factors):
+                if not float(n) * f < 2.0**63:  # also inf: no tensor has that size
+                    raise _fail(
+                        f"output size in {name} would be ⌊{n} · {f:g}⌋, larger than any "
+                        f"tensor can have (2**63 - 1)"
+                    )
             output = tuple(upsample_output_size(n, f) for n, f in zip(spatial, factors))
             _too_small(
                 SPATIAL_NAMES[dims],
@@ -1416,6 +1504,8 @@ class Upsample(Leaf):
 class _Pad(Leaf):
     """The padding families: padding is (left, right[, top, bottom[, front, back]]) as in
     torch, one number for every side, and negative values crop."""
+
+    cost_family: ClassVar[str] = "copy"
 
     draw_family: ClassVar[str] = "pad"
     padding: SignedIntOrInts
@@ -1588,6 +1678,7 @@ class PReLU(Leaf):
         return LayerResult(
             output_shape=input_shape,
             params=self.num_parameters,
+            parameter_tensors=(("weight", self.num_parameters),),
             arguments=f"slopes={self.num_parameters}",
             explanation=((f"params: {self.num_parameters} = {self.num_parameters} ({per})",))
             if explaining()
@@ -1744,7 +1835,7 @@ class ComposedActivation(Leaf):
 
 def _sizes_list(field: str, value: int | tuple[int, ...]) -> tuple[int, ...]:
     if not isinstance(value, tuple):
-        raise ValueError(f"{field}: must be a list, got {value!r}")
+        raise ValueError(f"{field}: must be a list, got {shown(value)}")
     return value
 
 
@@ -1761,6 +1852,8 @@ def _dim_in_range(field: str, value: int, shape: Shape) -> int:
 class Unflatten(Leaf):
     """``nn.Unflatten``: splits dimension ``dim`` into ``unflattened_size`` (-1 once: the
     rest)."""
+
+    cost_family: ClassVar[str] = "view"
 
     draw_family: ClassVar[str] = "reshape"
     torch_names: ClassVar[tuple[str, ...]] = ("Unflatten",)
@@ -1801,6 +1894,8 @@ class Unflatten(Leaf):
 class PixelShuffle(Leaf):
     """``nn.PixelShuffle``: [N, C·r², H, W] → [N, C, H·r, W·r]."""
 
+    cost_family: ClassVar[str] = "copy"
+
     draw_family: ClassVar[str] = "upsample"
     torch_names: ClassVar[tuple[str, ...]] = ("PixelShuffle",)
     type: Literal["pixelshuffle"]
@@ -1831,6 +1926,8 @@ class PixelShuffle(Leaf):
 
 class PixelUnshuffle(Leaf):
     """``nn.PixelUnshuffle``: [N, C, H·r, W·r] → [N, C·r², H, W]."""
+
+    cost_family: ClassVar[str] = "copy"
 
     draw_family: ClassVar[str] = "reshape"
     torch_names: ClassVar[tuple[str, ...]] = ("PixelUnshuffle",)
@@ -1863,6 +1960,8 @@ class PixelUnshuffle(Leaf):
 class ChannelShuffle(Leaf):
     """``nn.ChannelShuffle`` (ShuffleNet): reorders the channels across ``groups``."""
 
+    cost_family: ClassVar[str] = "copy"
+
     draw_family: ClassVar[str] = "reshape"
     torch_names: ClassVar[tuple[str, ...]] = ("ChannelShuffle",)
     type: Literal["channelshuffle"]
@@ -1884,6 +1983,8 @@ class ChannelShuffle(Leaf):
 
 class Permute(Leaf):
     """``torch.permute`` as a layer (torch.nn has none); ``order`` is torch's ``dims``."""
+
+    cost_family: ClassVar[str] = "view"
 
     draw_family: ClassVar[str] = "reshape"
     torch_names: ClassVar[tuple[str, ...]] = ("Permute",)
@@ -1922,6 +2023,8 @@ class Permute(Leaf):
 
 class Mean(Leaf):
     """``torch.mean`` over ``dim`` as a layer (torch.nn has none); 0 MACs, like pooling."""
+
+    cost_family: ClassVar[str] = "pool"
 
     torch_names: ClassVar[tuple[str, ...]] = ("Mean",)
     custom_module: ClassVar[bool] = True
@@ -1991,6 +2094,9 @@ class LayerNorm2d(Leaf):
         return LayerResult(
             output_shape=input_shape,
             params=per * channels,
+            parameter_tensors=_weight_and_bias(channels, channels if self.bias else 0)
+            if self.elementwise_affine
+            else (),
             arguments="over C" + ("" if self.elementwise_affine else " affine=False"),
             explanation=(
                 (
@@ -2028,6 +2134,7 @@ class LayerScale(Leaf):
         return LayerResult(
             output_shape=input_shape,
             params=channels,
+            parameter_tensors=(("gamma", channels),),
             arguments=f"init={self.init_value:g}",
             explanation=((f"params: {channels} = {channels:,} (a scale per channel)",))
             if explaining()
@@ -2041,6 +2148,8 @@ class LayerScale(Leaf):
 class StochasticDepth(Leaf):
     """torchvision's ``StochasticDepth`` (alias ``droppath``): drops whole samples (row)
     or the whole batch with probability ``p`` in training; the identity at inference."""
+
+    cost_family: ClassVar[str] = "view"
 
     short_labels: ClassVar[dict[str, str]] = {
         "stochasticdepth": "drop path",

@@ -16,9 +16,13 @@ import yaml
 from pydantic import ValidationError
 
 from convcalc.errors import Problem, SpecSyntaxError, SpecValidationError, shown
-from convcalc.spec import BLOCK_TYPES, LAYER_TYPES, Network, suggest
+from convcalc.spec import BLOCK_TYPES, LAYER_TYPES, ExpansionError, Network, suggest
 
 __all__ = [
+    "MAX_DEPTH",
+    "MAX_INT",
+    "MAX_NODES",
+    "MAX_SPEC_BYTES",
     "MAX_VALUES",
     "build_network",
     "dump_spec",
@@ -48,21 +52,28 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
     """PyYAML's safe loader (no object-constructing tags), recording line numbers."""
 
 
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Any:
+def _construct_mapping(loader: _Loader, node: yaml.Node) -> Any:
+    if not isinstance(node, yaml.MappingNode):  # !!map on a scalar or a sequence
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"expected a mapping, but found a {getattr(node, 'id', 'value')}",
+            node.start_mark,
+        )
     data = _LineDict()
     data.line = node.start_mark.line + 1
     yield data
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
+        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+            continue  # a list or mapping as a key: construct_mapping refuses it
         key = key_node.value
         line = key_node.start_mark.line + 1
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
                 None,
-                f"duplicate key {key!r} (first on line {seen[key]})",
+                f"duplicate key {shown(key)} (first on line {seen[key]})",
                 key_node.start_mark,
             )
         seen[key] = line
@@ -81,19 +92,88 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> Any:
         data.append(item)
 
 
+# The largest integer a spec may hold: int64's, as torch's sizes are.
+MAX_INT = 2**63 - 1
+
+
+class _BadValue(yaml.constructor.ConstructorError):
+    """A well-formed YAML value that cannot be read (not a syntax error)."""
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    if isinstance(node.value, str) and len(node.value) > 40:  # before int() reads it all
+        value = None
+    else:
+        value = yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
+    if value is None or abs(value) > MAX_INT:
+        raise _BadValue(
+            None,
+            None,
+            f"the number {_cut(str(node.value), 30)} is larger than any size a tensor can "
+            f"have (2**63 - 1)",
+            node.start_mark,
+        )
+    return value
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _checked(construct: Any) -> Any:
+    """PyYAML's constructor for a tag, its ValueError (``!!int x``, ``2023-02-30``),
+    KeyError (``!!bool x``) or AttributeError (``!!timestamp x``) turned into a
+    ``ConstructorError`` at the value's line."""
+
+    def checked(loader: _Loader, node: yaml.Node) -> Any:
+        try:
+            return construct(loader, node)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            tag = node.tag.rsplit(":", 1)[-1]
+            raise _BadValue(
+                None, None, f"{shown(node.value, 60)} is not a valid {tag}", node.start_mark
+            ) from None
+
+    return checked
+
+
+for _tag in ("binary", "bool", "float", "null", "timestamp", "str"):
+    _tag = f"tag:yaml.org,2002:{_tag}"
+    _Loader.add_constructor(
+        _tag, _checked(yaml.constructor.SafeConstructor.yaml_constructors[_tag])
+    )
+_Loader.add_constructor("tag:yaml.org,2002:int", _checked(_construct_int))
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
 
 
 def parse_yaml(text: str, source: str) -> Any:
     """YAML text as Python data with line numbers; syntax errors as ``SpecSyntaxError``."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecSyntaxError(
+            Problem(f"the text is longer than {MAX_SPEC_BYTES:,} characters; refusing it", source)
+        )
     try:
+        too_many = _past_max_nodes(text)
+        if too_many is not None:
+            raise SpecSyntaxError(
+                Problem(
+                    f"the YAML holds more than {MAX_NODES:,} values; refusing to load it",
+                    source,
+                    too_many,
+                )
+            )
         data = yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else None
         problem = error.problem or "cannot parse"
-        if "could not determine a constructor" in problem:
+        if "exceeded maximum nesting depth" in problem:  # libyaml's own bound, 1,000
+            problem = (
+                f"the YAML nests lists and mappings more than {MAX_DEPTH} levels deep; "
+                f"refusing to load it"
+            )
+        elif "could not determine a constructor" in problem:
             tag = problem.split("tag ", 1)[-1]
             problem = (
                 f"the YAML tag {tag} is refused: specs are loaded safely and tags that "
@@ -101,11 +181,44 @@ def parse_yaml(text: str, source: str) -> Any:
             )
         else:
             column = f" (column {mark.column + 1})" if mark else ""
-            problem = f"YAML syntax error: {problem}{column}"
+            kind = "" if isinstance(error, _BadValue) else "YAML syntax error: "
+            problem = f"{kind}{problem}{column}"
         raise SpecSyntaxError(Problem(problem, source, line)) from None
+    except yaml.reader.ReaderError as error:
+        character = error.character  # a str from PyYAML's reader, an int from libyaml's
+        code = ord(character) if isinstance(character, str) else int(character)
+        line = text.count("\n", 0, error.position) + 1
+        column = error.position - text.rfind("\n", 0, error.position)
+        raise SpecSyntaxError(
+            Problem(
+                f"the character U+{code:04X} (column {column}) is not allowed in YAML",
+                source,
+                line,
+            )
+        ) from None
     except yaml.YAMLError as error:
         raise SpecSyntaxError(Problem(f"YAML error: {error}", source)) from None
-    values = expanded_values(data)
+    except UnicodeEncodeError as error:  # text (not a file) with a lone surrogate
+        line = text.count("\n", 0, error.start) + 1
+        raise SpecSyntaxError(
+            Problem(f"the text holds a lone surrogate {shown(text[error.start])}", source, line)
+        ) from None
+    except RecursionError:  # PyYAML's pure-Python parser, where libyaml is missing
+        raise SpecSyntaxError(
+            Problem(
+                f"the YAML nests more than {MAX_DEPTH} levels deep; refusing to load it", source
+            )
+        ) from None
+    values, too_deep = _measure(data)
+    if too_deep is not None:
+        raise SpecSyntaxError(
+            Problem(
+                f"the YAML nests lists and mappings more than {MAX_DEPTH} levels deep; "
+                f"refusing to load it",
+                source,
+                getattr(too_deep, "line", None),
+            )
+        )
     if values > MAX_VALUES:
         raise SpecSyntaxError(
             Problem(
@@ -118,38 +231,85 @@ def parse_yaml(text: str, source: str) -> Any:
     return data
 
 
-# A spec whose aliases expand past this many values is refused before anything walks it.
+# A spec file larger than this is not read,
+MAX_SPEC_BYTES = 4 * 1024 * 1024
+# one with more values than this written out is not loaded (PyYAML builds ~70,000 values a
+# second: this keeps any file under a second; a ResNet-50 spec holds 1,500),
+MAX_NODES = 50_000
+# one whose aliases expand past this many values is refused before anything walks it,
 MAX_VALUES = 1_000_000
+# and so is one nesting lists and mappings deeper than this (real specs nest about 12).
+MAX_DEPTH = 100
+
+
+_NODE_EVENTS = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent, yaml.AliasEvent)
+
+
+def _past_max_nodes(text: str) -> int | None:
+    """The line of the value past ``MAX_NODES`` (None if there are fewer), counted on
+    the parser's events alone, before PyYAML builds anything (libyaml's parser, in C,
+    reads about a million events a second)."""
+    parser = _Loader(text)
+    try:
+        count = 0
+        while parser.check_event():
+            event = parser.get_event()
+            if isinstance(event, _NODE_EVENTS):
+                count += 1
+                if count > MAX_NODES:
+                    mark = event.start_mark
+                    return int(mark.line) + 1 if mark is not None else 1
+        return None
+    finally:
+        parser.dispose()
 
 
 def expanded_values(data: Any) -> int:
     """How many values ``data`` holds with every alias expanded, counted without
     expanding: an aliased list or mapping is counted once and reused (capped just past
-    ``MAX_VALUES``).
+    ``MAX_VALUES``, and down to ``MAX_DEPTH`` levels).
 
     >>> shared = [1, 2, 3]
     >>> expanded_values({"a": [shared, shared]})
     10
     """
-    memo: dict[int, int] = {}
+    return _measure(data)[0]
 
-    def count(node: Any) -> int:
+
+def _measure(data: Any) -> tuple[int, Any]:
+    """``expanded_values(data)``, and the first list or mapping nested more than
+    ``MAX_DEPTH`` levels deep (None if there is none); the walk never goes deeper."""
+    memo: dict[int, tuple[int, int]] = {}  # id -> (values, levels of nesting)
+
+    class TooDeep(Exception):
+        pass
+
+    def count(node: Any, depth: int) -> tuple[int, int]:
         if not isinstance(node, (list, dict)):
-            return 1
-        key = id(node)
-        if key in memo:
-            return memo[key]
-        memo[key] = MAX_VALUES + 1  # a self-referencing alias counts as too many
+            return 1, 0
+        known = memo.get(id(node))
+        if known is not None:
+            if depth + known[1] - 1 > MAX_DEPTH:
+                raise TooDeep(node)
+            return known
+        if depth > MAX_DEPTH:
+            raise TooDeep(node)
+        memo[id(node)] = (MAX_VALUES + 1, 1)  # a self-referencing alias counts as too many
         items = node.values() if isinstance(node, dict) else node
-        total = 1
+        total, height = 1, 1
         for item in items:
-            total += count(item)
+            values, levels = count(item, depth + 1)
+            total += values
+            height = max(height, levels + 1)
             if total > MAX_VALUES:
                 break
-        memo[key] = total
-        return total
+        memo[id(node)] = (total, height)
+        return total, height
 
-    return count(data)
+    try:
+        return count(data, 1)[0], None
+    except TooDeep as error:
+        return MAX_VALUES + 1, error.args[0]
 
 
 class _Dumper(yaml.SafeDumper):
@@ -211,18 +371,8 @@ def load_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | Network) -> Net
     if isinstance(spec, Mapping):
         return build_network(spec, "<dict>")
     if isinstance(spec, os.PathLike) or _looks_like_path(spec):
-        path = Path(spec)
         source = str(spec)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise SpecSyntaxError(Problem("no such file", source)) from None
-        except UnicodeDecodeError:
-            raise SpecSyntaxError(Problem("the file is not UTF-8 text", source)) from None
-        except OSError as error:
-            raise SpecSyntaxError(
-                Problem(f"cannot read the file: {error.strerror}", source)
-            ) from None
+        text = _read(Path(spec), source)
     else:
         text, source = spec, "<string>"
     data = parse_yaml(text, source)
@@ -240,6 +390,35 @@ def load_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | Network) -> Net
             )
         )
     return build_network(data, source)
+
+
+def _read(path: Path, source: str) -> str:
+    """The file's text (newlines as ``\\n``), read no further than ``MAX_SPEC_BYTES``."""
+    try:
+        with path.open("rb") as file:  # a bounded read: /dev/zero is a file too
+            raw = file.read(MAX_SPEC_BYTES + 1)
+    except FileNotFoundError:
+        raise SpecSyntaxError(Problem("no such file", source)) from None
+    except IsADirectoryError:
+        raise SpecSyntaxError(Problem("this is a directory, not a spec file", source)) from None
+    except OSError as error:
+        raise SpecSyntaxError(Problem(f"cannot read the file: {error.strerror}", source)) from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecSyntaxError(
+            Problem(
+                f"the file is larger than {MAX_SPEC_BYTES:,} bytes; specs are a few kilobytes, "
+                f"so it is not read",
+                source,
+            )
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise SpecSyntaxError(
+            Problem(f"the file is not UTF-8 text (byte {error.start})", source, line)
+        ) from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
 
 
 def build_network(data: Mapping[str, Any], source: str) -> Network:
@@ -282,6 +461,11 @@ _CHILD_SEGMENTS = {"residual": {"layers": "body", "shortcut": "shortcut"}}
 
 
 def _locate(data: Any, error: Any, source: str) -> Problem:
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, ExpansionError):  # it names the layer itself
+        return Problem(
+            str(cause), source, cause.line or getattr(data, "line", None), cause.path, cause.name
+        )
     loc = list(error["loc"])
     node: Any = data
     line: int | None = getattr(data, "line", None)
@@ -318,7 +502,8 @@ def _locate(data: Any, error: Any, source: str) -> Problem:
                     path.append("0")  # the first copy
             else:
                 field = str(key)
-                rest = [str(k) for k in loc[index:]]
+                # without the union members pydantic names (function-plain[...], list[...])
+                rest = [str(k) for k in loc[index:] if not (isinstance(k, str) and "[" in k)]
                 if rest:
                     field += "." + ".".join(rest)
                 break
@@ -367,7 +552,7 @@ def _message(error: Any, field: str | None, layer: Any) -> str:
                 if cls
                 else []
             )
-        return f"unknown field {field!r}{suggest(field, known)}"
+        return f"unknown field {shown(field)}{suggest(field, known)}"
     if kind == "missing" and field is not None:
         return f"missing required field {field!r}"
     if text.startswith("Input should be"):

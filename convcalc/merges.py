@@ -21,6 +21,8 @@ from convcalc.layers import LayerResult, Leaf, Saved, SpatialMap, _dim_in_range,
 __all__ = ["MERGE_CLASSES", "Arithmetic", "Cat", "Merge", "Split", "broadcast_shape"]
 
 Shape = tuple[int, ...]
+# A split or chunk into more pieces than this is refused (each piece is an output).
+MAX_PIECES = 100_000
 
 
 def broadcast_shape(shapes: Sequence[Shape]) -> Shape | None:
@@ -109,6 +111,8 @@ class Arithmetic(Merge):
 class Cat(Merge):
     """``torch.cat`` of the inputs along ``dim`` (channels by default)."""
 
+    cost_family: ClassVar[str] = "copy"
+
     torch_names: ClassVar[tuple[str, ...]] = ("Cat",)
     custom_module: ClassVar[bool] = True
     type: Literal["cat"]
@@ -141,6 +145,8 @@ class Split(Leaf):
     """``torch.split`` (pieces of ``split_size_or_sections``) and ``torch.chunk``
     (``chunks`` pieces, the last one smaller), along ``dim``: several outputs."""
 
+    cost_family: ClassVar[str] = "view"
+
     torch_names: ClassVar[tuple[str, ...]] = ("Split", "Chunk")
     custom_module: ClassVar[bool] = True
     type: Literal["split", "chunk"]
@@ -158,13 +164,23 @@ class Split(Leaf):
             raise ValueError("chunk takes chunks (how many pieces)")
         return self
 
+    def _pieces(self, size: int, step: int) -> list[int]:
+        """Sizes of the pieces of ``step`` (the last one shorter) that ``size`` is cut in."""
+        count = -(-size // step)
+        if count > MAX_PIECES:
+            raise ShapeError(
+                f"{self.type} would cut {size} into {count:,} pieces of {step}; more than "
+                f"{MAX_PIECES:,} outputs are refused"
+            )
+        return [min(step, size - start) for start in range(0, size, step)]
+
     def infer(self, input_shape: Shape) -> LayerResult:
         dim = _dim_in_range("dim", self.dim, input_shape)
         size = input_shape[dim]
         if self.type == "chunk":
             assert self.chunks is not None
-            step = math.ceil(size / self.chunks)  # torch.chunk: pieces of ⌈n / chunks⌉
-            sizes = [min(step, size - start) for start in range(0, size, step)]
+            step = -(-size // self.chunks)  # torch.chunk: pieces of ⌈n / chunks⌉
+            sizes = self._pieces(size, step)
         elif isinstance(self.split_size_or_sections, list):
             sizes = list(self.split_size_or_sections)
             if sum(sizes) != size:
@@ -174,8 +190,7 @@ class Split(Leaf):
                 )
         else:
             assert self.split_size_or_sections is not None
-            step = self.split_size_or_sections
-            sizes = [min(step, size - start) for start in range(0, size, step)]
+            sizes = self._pieces(size, self.split_size_or_sections)
         shapes = []
         for piece in sizes:
             shape = list(input_shape)

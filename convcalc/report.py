@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 from convcalc.receptive_field import ReceptiveField
 
 if TYPE_CHECKING:
+    from convcalc.cost import Estimate
+    from convcalc.devices import DeviceProfile
     from convcalc.spec import Network
 
 __all__ = [
@@ -57,10 +59,26 @@ class LayerRow:
     input_shapes: tuple[Shape, ...] = ()
     output_shapes: tuple[Shape, ...] = ()
     sources: tuple[str, ...] = ()
+    # Memory traffic of one pass in evaluation (a block's: its layers' and its join's),
+    # and the layer's cost family (convcalc.cost; empty for a block).
+    bytes_read: int = 0
+    bytes_written: int = 0
+    family: str = ""
 
     @property
     def non_trainable_params(self) -> int:
         return self.params - self.trainable_params
+
+    @property
+    def flops(self) -> int:
+        """2 per multiply-accumulate, as torch.utils.flop_counter counts them."""
+        return 2 * self.macs
+
+    @property
+    def arithmetic_intensity(self) -> float | None:
+        """FLOPs per byte moved; None when the layer moves nothing."""
+        moved = self.bytes_read + self.bytes_written
+        return self.flops / moved if moved else None
 
     @property
     def label(self) -> str:
@@ -94,6 +112,10 @@ class LayerRow:
                 else {}
             ),
             **({"from": list(self.sources)} if self.sources else {}),
+            "bytes_read": self.bytes_read,
+            "bytes_written": self.bytes_written,
+            "arithmetic_intensity": self.arithmetic_intensity,
+            **({"family": self.family} if self.family else {}),
         }
 
 
@@ -111,10 +133,24 @@ class Totals:
     largest_activation_bytes: int
     largest_activation_path: str | None
     saved_bytes: int = 0
+    # The first layer whose receptive field is larger than the input (from there on
+    # every unit sees the whole input and its padding), if any.
+    field_covers_input_path: str | None = None
+    bytes_read: int = 0  # memory traffic of one pass in evaluation
+    bytes_written: int = 0
+    # The most activation bytes alive at once in a forward pass without autograd (the
+    # inputs included), as eager PyTorch runs the spec's module: analysis.inference_peak.
+    peak_inference_bytes: int = 0
 
     @property
     def non_trainable_params(self) -> int:
         return self.params - self.trainable_params
+
+    @property
+    def arithmetic_intensity(self) -> float | None:
+        """FLOPs per byte moved, over the whole network."""
+        moved = self.bytes_read + self.bytes_written
+        return self.flops / moved if moved else None
 
     @property
     def flops(self) -> int:
@@ -135,6 +171,11 @@ class Totals:
             "largest_activation_bytes": self.largest_activation_bytes,
             "largest_activation_path": self.largest_activation_path,
             "saved_bytes": self.saved_bytes,
+            "field_covers_input_path": self.field_covers_input_path,
+            "bytes_read": self.bytes_read,
+            "bytes_written": self.bytes_written,
+            "arithmetic_intensity": self.arithmetic_intensity,
+            "peak_inference_bytes": self.peak_inference_bytes,
         }
 
 
@@ -287,13 +328,24 @@ class Report:
         depth: int | None = None,
         optimizer: str | None = None,
         explain: bool = False,
+        traffic: bool = False,
+        device_profile: str | DeviceProfile | None = None,
     ) -> str:
         """The report as text: table, markdown, github, csv or json; with ``optimizer``
         (sgd, adam, adamw) the training-memory estimate too; with ``explain`` each
-        layer's formulas."""
+        layer's formulas; with ``traffic`` the bytes each layer moves; with
+        ``device_profile`` (a shipped profile's name or a file) each layer's estimated
+        time on that device."""
         from convcalc.formatting import render
 
-        return render(self, format, depth, optimizer, explain)
+        cost = None if device_profile is None else self.estimate(device_profile)
+        return render(self, format, depth, optimizer, explain, traffic, cost)
+
+    def estimate(self, device_profile: str | DeviceProfile) -> Estimate:
+        """The roofline estimate of every layer on a device (``convcalc.cost``)."""
+        from convcalc.cost import estimate
+
+        return estimate(self, device_profile)
 
     def __str__(self) -> str:
         return self.render()

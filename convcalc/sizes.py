@@ -1,7 +1,9 @@
 """Which input sizes pass through a whole network: no error, and no input pixel
 dropped by floor division (the "input must be a multiple of 32" question).
 
-Every candidate size S gives the input ``[C, S, …, S]``; the layers' own shape rules
+Every candidate size S gives the input ``[C, S, …, S]``, or, with ``vary``, S in the
+spatial dimensions it names and the spec's sizes in the others (``vary=["H", "W"]`` on a
+``[C, D, H, W]`` input keeps the frame count D); the layers' own shape rules
 (``Leaf.infer``) decide, exactly as ``analyze`` would, but without building rows or
 receptive fields, and with each layer's answer for a given incoming shape computed
 once: deep layers see the same shape for many input sizes.
@@ -19,13 +21,14 @@ from typing import Any, Literal
 from convcalc.analysis import node_result, output_problem
 from convcalc.errors import ConvCalcError, ShapeError
 from convcalc.graph import Node, lower
-from convcalc.layers import LayerResult
+from convcalc.layers import SPATIAL_NAMES, LayerResult
 from convcalc.loader import load_spec
 from convcalc.spec import Network
 
 __all__ = ["SizeCheck", "SizesReport", "check_sizes"]
 
 Shape = tuple[int, ...]
+Template = tuple[int | None, ...]  # a sample shape, None where the size S goes
 Status = Literal["ok", "drops", "error"]
 
 
@@ -54,10 +57,26 @@ class SizeCheck:
 @dataclass(frozen=True)
 class SizesReport:
     name: str
-    channels: int
-    dims: int
+    input: Template  # one sample's shape, None where the size S goes
     batch_size: int
     checks: tuple[SizeCheck, ...]
+
+    @property
+    def channels(self) -> int:
+        return self.input[0] or 0
+
+    @property
+    def dims(self) -> int:
+        """How many spatial dimensions the input has (varied or not)."""
+        return len(self.input) - 1
+
+    def input_shape(self, size: int) -> Shape:
+        """One sample's shape for the candidate ``size``.
+
+        >>> SizesReport("c3d", (3, 16, None, None), 1, ()).input_shape(112)
+        (3, 16, 112, 112)
+        """
+        return _fill(self.input, size)
 
     @property
     def valid(self) -> list[int]:
@@ -109,7 +128,7 @@ class SizesReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "input": [self.channels, *(["S"] * self.dims)],
+            "input": ["S" if n is None else n for n in self.input],
             "valid": self.valid,
             "smallest": self.smallest,
             "step": self.step,
@@ -140,17 +159,20 @@ class SizesReport:
             tablefmt="pipe" if format == "markdown" else "simple",
             disable_numparse=True,
         )
-        spatial = ", ".join(["S"] * self.dims)
-        title = f"{self.name}: input [{self.batch_size}, {self.channels}, {spatial}]"
+        sample = ", ".join("S" if n is None else str(n) for n in self.input)
+        title = f"{self.name}: input [{self.batch_size}, {sample}]"
         return f"{title}\n{self.summary()}\n\n{table}\n"
 
 
 class _Walker:
     """Shapes only, over the graph, with each node's answer per input shapes remembered."""
 
-    def __init__(self, network: Network) -> None:
+    def __init__(self, network: Network, vary: frozenset[str] | None) -> None:
         self.network = network
         self.graph = lower(network)
+        self.inputs = {
+            path: _template(sample, vary) for path, sample in network.input_shapes.items()
+        }
         self.results: dict[tuple[int, tuple[Shape, ...]], LayerResult | str] = {}
 
     def check(self, size: int) -> SizeCheck:
@@ -160,8 +182,7 @@ class _Walker:
         dropped: tuple[Node, str] | None = None
         for node in graph.nodes:
             if node.is_input:
-                sample = network.input_shapes[node.path]
-                values.append(((network.batch_size, sample[0], *([size] * (len(sample) - 1))),))
+                values.append(((network.batch_size, *_fill(self.inputs[node.path], size)),))
                 continue
             shapes = []
             for ref in node.inputs:
@@ -200,18 +221,61 @@ def _name(node: Node) -> str | None:
 def check_sizes(
     spec: str | os.PathLike[str] | Mapping[str, Any] | Network,
     sizes: Sequence[int] | range | None = None,
+    vary: Sequence[str] | str | None = None,
 ) -> SizesReport:
-    """Every candidate input size (all spatial dimensions equal; default 1 to 1024, or
-    to the spec's own size when larger) through the whole network."""
+    """Every candidate input size (default 1 to 1024, or to the spec's own size when
+    larger) through the whole network, in every spatial dimension, or in those ``vary``
+    names (``["H", "W"]`` or ``"H,W"``: the spec format's names, L of ``[C, L]``, H and
+    W of ``[C, H, W]``, D, H and W of ``[C, D, H, W]``); the others keep the spec's size."""
     network = load_spec(spec)
-    if len(network.input) < 2:
+    sample = tuple(network.input)
+    if len(sample) < 2:
         raise ConvCalcError(
-            f"{network.source}: the input {list(network.input)} has no spatial dimension to vary"
+            f"{network.source}: the input {list(sample)} has no spatial dimension to vary"
         )
+    chosen = None if vary is None else _chosen(sample, vary)
+    template = _template(sample, chosen)
     if sizes is None:
-        sizes = range(1, max(1024, *network.input[1:]) + 1)
-    walker = _Walker(network)
+        sizes = range(1, max(1024, *(n for n, t in zip(sample, template) if t is None)) + 1)
+    walker = _Walker(network, chosen)
     checks = tuple(walker.check(size) for size in sizes)
-    return SizesReport(
-        network.name, network.input[0], len(network.input) - 1, network.batch_size, checks
+    return SizesReport(network.name, template, network.batch_size, checks)
+
+
+def _chosen(sample: Shape, vary: Sequence[str] | str) -> frozenset[str]:
+    """The dimension names in ``vary``, checked against the input's layout."""
+    names = SPATIAL_NAMES.get(len(sample) - 1)
+    if names is None:
+        raise ConvCalcError(
+            f"the input {list(sample)} has more spatial dimensions than the names D, H, W; "
+            "vary them all"
+        )
+    given = [name.strip() for name in (vary.split(",") if isinstance(vary, str) else vary)]
+    layout = f"[C, {', '.join(names)}]"
+    choice = " or ".join(", ".join(names).rsplit(", ", 1))
+    if not given or not all(given):
+        raise ConvCalcError(f"name the dimensions to vary among {', '.join(names)}, with commas")
+    for name in given:
+        if name.upper() not in names:
+            what = f"{name}, the channels" if name.upper() == "C" else name
+            raise ConvCalcError(f"cannot vary {what}: choose {choice} of the {layout} input")
+    return frozenset(name.upper() for name in given)
+
+
+def _template(sample: Shape, vary: frozenset[str] | None) -> Template:
+    """``sample`` with None in the dimensions that take the size S (all but the
+    channels when ``vary`` is None).
+
+    >>> _template((3, 16, 112, 112), frozenset({"H", "W"}))
+    (3, 16, None, None)
+    """
+    spatial = sample[1:]
+    names = SPATIAL_NAMES.get(len(spatial), ("",) * len(spatial))
+    return (
+        sample[0],
+        *(None if vary is None or name in vary else n for name, n in zip(names, spatial)),
     )
+
+
+def _fill(template: Template, size: int) -> Shape:
+    return tuple(size if n is None else n for n in template)

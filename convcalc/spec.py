@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from convcalc.budget import Budget
 from convcalc.errors import shown
 from convcalc.expressions import ExpressionError, evaluate, is_expression
 from convcalc.fields import PositiveInt
@@ -39,10 +40,12 @@ __all__ = [
     "BLOCK_TYPES",
     "LAYER_TYPES",
     "MAX_LAYERS",
+    "MAX_NESTING",
     "Block",
     "BlockCall",
     "BlockDefinition",
     "Concat",
+    "ExpansionError",
     "LayerSpec",
     "Leaf",
     "Network",
@@ -54,6 +57,8 @@ __all__ = [
 
 # A spec that would expand to more layer rows than this is refused before any work.
 MAX_LAYERS = 100_000
+# Nor may layers nest deeper than this (real networks nest a handful of levels).
+MAX_NESTING = 50
 
 
 class Block(LayerModel):
@@ -147,9 +152,10 @@ BLOCK_TYPES: dict[str, type[Block]] = {
 LAYER_TYPES.update(BLOCK_TYPES)
 
 
-def suggest(word: str, candidates: list[str] | Any) -> str:
-    """``; did you mean 'conv2d'?`` or nothing."""
-    close = difflib.get_close_matches(word.lower(), list(candidates), n=1, cutoff=0.6)
+def suggest(word: Any, candidates: list[str] | Any) -> str:
+    """``; did you mean 'conv2d'?`` or nothing (``word`` may be any YAML key: null, 3...)."""
+    words = [str(candidate) for candidate in candidates]
+    close = difflib.get_close_matches(str(word)[:100].lower(), words, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -243,7 +249,7 @@ def _call_block(kind: str, mapping: dict[str, Any]) -> BlockCall:
         if key not in params:
             known = ", ".join(params) or "none"
             raise ValueError(
-                f"block {kind!r} has no parameter {key!r}{suggest(key, params)}; "
+                f"block {kind!r} has no parameter {shown(key)}{suggest(key, params)}; "
                 f"its parameters are {known}"
             )
     missing = [key for key, default in params.items() if default is None and key not in arguments]
@@ -326,44 +332,188 @@ else:
     LayerSpec = Annotated[Any, PlainValidator(_parse_layer), WithJsonSchema(LAYER_PLACEHOLDER)]
 
 
-def expanded_size(
-    layers: Any, memo: dict[Any, int] | None = None, blocks: Mapping[str, Any] | None = None
-) -> int:
-    """How many report rows raw (unvalidated) layers expand to, counting repeats and
-    the layers of parameterised blocks (``blocks``: name -> raw definition).
+class ExpansionError(ValueError):
+    """A spec that expands past ``MAX_LAYERS`` rows or nests past ``MAX_NESTING`` levels,
+    with the layer that takes it there (pydantic keeps the error in its ``ctx``, where
+    the loader finds the location)."""
 
-    Shared sub-lists (YAML aliases) and block definitions are counted once per use but
-    walked once, so a 'billion laughs' spec is measured without being expanded.
+    def __init__(self, message: str, path: str, layer: Any) -> None:
+        super().__init__(message)
+        self.path = path
+        line = getattr(layer, "line", None)  # a loader mapping, a bare name or a model
+        self.line: int | None = line if isinstance(line, int) else None
+        name = layer.get("name") if isinstance(layer, Mapping) else getattr(layer, "name", None)
+        self.name: str | None = name if isinstance(name, str) else None
+
+
+class _LayerCount:
+    """Rows and nesting depth of layer lists, raw (mappings from YAML) or validated
+    (models), counting repeats and the layers of parameterised blocks (``blocks``:
+    name -> raw definition).
+
+    Every list is measured once and remembered by identity, so shared sub-lists (YAML
+    aliases) and block definitions are counted once per use but walked once: a
+    'billion laughs' spec is measured without being expanded. Counts stop just past
+    ``MAX_LAYERS``; walking stops past ``MAX_NESTING`` levels.
     """
-    memo = {} if memo is None else memo
-    blocks = blocks or {}
-    if not isinstance(layers, list):
-        return 0
-    key = id(layers)
-    if key in memo:
-        return memo[key]
-    memo[key] = 0  # a block that uses itself counts once; validation refuses it
-    total = 0
-    for layer in layers:
-        total += 1
-        if isinstance(layer, Mapping):
-            kind = str(layer.get("type", "")).lower()
-            if kind == "concat" and isinstance(layer.get("branches"), list):
-                total += sum(expanded_size(b, memo, blocks) for b in layer["branches"])
-            elif kind == "repeat":
-                times, template = layer.get("times"), layer.get("layers")
-                if isinstance(times, int) and times > 0 and isinstance(template, list):
-                    copy_row = 1 if len(template) > 1 else 0
-                    total += times * (expanded_size(template, memo, blocks) + copy_row)
-            elif kind in blocks and isinstance(blocks[kind], Mapping):
-                total += expanded_size(blocks[kind].get("layers"), memo, blocks)
-            else:
-                total += expanded_size(layer.get("layers"), memo, blocks)
-                total += expanded_size(layer.get("shortcut"), memo, blocks)
-        if total > MAX_LAYERS:
+
+    def __init__(self, blocks: Mapping[str, Any]) -> None:
+        self.blocks = blocks
+        self.memo: dict[int, tuple[int, int]] = {}  # id(list) -> (rows, nesting height)
+
+    def parts(self, layer: Any) -> tuple[list[tuple[str, Any]], int, int, str | None]:
+        """(path segment, child layers) of a layer, the copies made of them (a repeat's
+        ``times``), 1 if each copy is a row of its own, and the block it calls."""
+        if isinstance(layer, LayerModel):
+            if isinstance(layer, Repeat):
+                many = len(layer.layers) > 1
+                return [("0" if many else "", layer.layers)], layer.times, int(many), None
+            if isinstance(layer, Block):
+                block = layer.type if isinstance(layer, BlockCall) else None
+                return list(layer.children()), 1, 0, block
+            return [], 1, 0, None
+        if isinstance(layer, str) and isinstance(self.definition(layer.lower()), Mapping):
+            return [("", self.blocks[layer.lower()].get("layers"))], 1, 0, layer.lower()
+        if not isinstance(layer, Mapping):
+            return [], 1, 0, None
+        kind = str(layer.get("type", "")).lower()
+        if kind == "concat":
+            branches = layer.get("branches")
+            if isinstance(branches, list):
+                return [(f"branches.{i}", b) for i, b in enumerate(branches)], 1, 0, None
+            return [], 1, 0, None
+        if kind == "repeat":
+            times, template = layer.get("times"), layer.get("layers")
+            # times given by a block parameter is not known yet: one copy is counted now,
+            # the validated network is counted again
+            copies = times if isinstance(times, int) and times > 0 else 1
+            many = isinstance(template, list) and len(template) > 1
+            return [("0" if many else "", template)], copies, int(many), None
+        children: list[tuple[str, Any]] = [
+            ("body" if kind == "residual" else "", layer.get("layers"))
+        ]
+        children.append(("shortcut", layer.get("shortcut")))
+        definition = self.definition(kind)
+        if isinstance(definition, Mapping):  # a call: the definition's layers (and any given)
+            return [("", definition.get("layers")), *children], 1, 0, kind
+        return children, 1, 0, None
+
+    def definition(self, kind: str) -> Any:
+        """The raw definition of the block ``kind`` names (not a layer type's name, which
+        validation refuses as a block name)."""
+        return None if kind in LAYER_TYPES else self.blocks.get(kind)
+
+    def rows(self, layers: Any, path: str, depth: int) -> int:
+        """Rows ``layers`` expand to (capped just past ``MAX_LAYERS``); raises
+        ``ExpansionError`` where layers nest more than ``MAX_NESTING`` deep."""
+        if not isinstance(layers, list):
+            return 0
+        known = self.memo.get(id(layers))
+        if known is not None:
+            if depth + known[1] - 1 > MAX_NESTING:
+                self.too_deep(layers, path)
+            return known[0]
+        if depth > MAX_NESTING:
+            self.too_deep(layers, path)
+        self.memo[id(layers)] = (0, 0)  # a block that uses itself; validation refuses it
+        total, height = 0, 1
+        for index, layer in enumerate(layers):
+            layer_path = f"{path}.{index}"
+            children, copies, copy_row, _ = self.parts(layer)
+            inner = 0
+            for segment, child in children:
+                child_path = f"{layer_path}.{segment}" if segment else layer_path
+                inner += self.rows(child, child_path, depth + 1)
+                child_height = self.memo.get(id(child), (0, 0))[1] if isinstance(child, list) else 0
+                height = max(height, 1 + child_height)
+            total += 1 + copies * (inner + copy_row)
+            if total > MAX_LAYERS:
+                break
+        self.memo[id(layers)] = (total, height)
+        return total
+
+    def too_deep(self, layers: list[Any], path: str) -> None:
+        layer = layers[0] if layers else None
+        raise ExpansionError(
+            f"layers nest more than {MAX_NESTING} levels deep here (blocks within blocks); "
+            f"refusing to analyse it",
+            f"{path}.0",
+            layer,
+        )
+
+    def culprit(
+        self, layers: list[Any], budget: int, path: str, within: str = ""
+    ) -> tuple[ExpansionError, bool]:
+        """The error for the layer at which ``layers`` pass ``budget`` rows, and whether
+        it names a repeat: the innermost repeat whose copies take them past, else the
+        outermost block call, else the layer reached. ``within`` names the block call
+        the layers come from."""
+        total, layer_path, layer = 0, path, None
+        for index, layer in enumerate(layers):
+            layer_path = f"{path}.{index}"
+            children, copies, copy_row, block = self.parts(layer)
+            sizes = [(segment, child, self.size(child)) for segment, child in children]
+            inner = sum(size for _, _, size in sizes)
+            if total + 1 + copies * (inner + copy_row) <= budget:
+                total += 1 + copies * (inner + copy_row)
+                continue
+            remaining = budget - total - 1
+            if copies > 1 and inner + copy_row <= remaining:
+                per_copy = f"{inner + copy_row:,} layer{'s' if inner + copy_row > 1 else ''}"
+                return ExpansionError(
+                    f"times: {shown(copies)} copies of {per_copy} take the spec past "
+                    f"{MAX_LAYERS:,} layers{within}; refusing to analyse it",
+                    layer_path,
+                    layer,
+                ), True
+            remaining -= copy_row
+            for segment, child, size in sizes:
+                if size <= remaining or not isinstance(child, list):
+                    remaining -= size
+                    continue
+                child_path = f"{layer_path}.{segment}" if segment else layer_path
+                inside = within
+                if block is not None:
+                    line = getattr(layer, "line", None)
+                    used = f", used on line {line}" if isinstance(line, int) else ""
+                    inside = f" (in block {block!r}{used})"
+                error, repeat = self.culprit(child, remaining, child_path, inside)
+                if repeat or block is None:
+                    return error, repeat
+                past = f"more than {MAX_LAYERS:,} layers through the blocks it uses"
+                if inner <= MAX_LAYERS:  # and the layers before it
+                    past = f"{inner:,} layers, which take the spec past {MAX_LAYERS:,}"
+                return ExpansionError(
+                    f"block {block!r} expands to {past}{within}; refusing to analyse it",
+                    layer_path,
+                    layer,
+                ), False
             break
-    memo[key] = total
-    return total
+        return ExpansionError(
+            f"the spec passes {MAX_LAYERS:,} layers here, through its aliases{within}; "
+            f"refusing to analyse it",
+            layer_path,
+            layer,
+        ), False
+
+    def size(self, child: Any) -> int:
+        return self.memo.get(id(child), (0, 0))[0] if isinstance(child, list) else 0
+
+
+def check_expansion(layers: Any, blocks: Mapping[str, Any] | None = None) -> None:
+    """Raise ``ExpansionError``, naming the layer responsible, if ``layers`` (raw or
+    validated) expand to more than ``MAX_LAYERS`` rows or nest more than
+    ``MAX_NESTING`` levels deep.
+
+    >>> try:
+    ...     check_expansion(["relu", {"type": "repeat", "times": 10**9, "layers": ["relu"]}])
+    ... except ExpansionError as error:
+    ...     print(f"{error.path}: {error}"[:59])
+    layers.1: times: 1000000000 copies of 1 layer take the spec
+    """
+    count = _LayerCount(blocks or {})
+    if count.rows(layers, "layers", 1) > MAX_LAYERS:
+        raise count.culprit(layers, MAX_LAYERS, "layers")[0]
 
 
 Shape = Annotated[list[PositiveInt], Field(min_length=1, max_length=4)]
@@ -387,6 +537,8 @@ class Network(BaseModel):
     layers: list[LayerSpec] = Field(min_length=1)
     # The layers whose outputs the network returns; by default its last layer's.
     outputs: list[str] | None = Field(default=None, min_length=1)
+    # Limits `convcalc check` and `shape` hold the numbers to (convcalc.budget).
+    budget: Budget | None = None
 
     _source: str | None = PrivateAttr(default=None)
     _graph: Any = PrivateAttr(default=None)  # convcalc.graph.lower's result, made once
@@ -429,13 +581,15 @@ class Network(BaseModel):
         raw_blocks = (
             {str(k).lower(): v for k, v in blocks.items()} if isinstance(blocks, Mapping) else {}
         )
-        size = expanded_size(data.get("layers"), blocks=raw_blocks)
-        if size > MAX_LAYERS:
-            raise ValueError(
-                f"the spec expands to more than {MAX_LAYERS:,} layers (repeat times × layers); "
-                f"refusing to analyse it"
-            )
+        check_expansion(data.get("layers"), raw_blocks)
         return data
+
+    @model_validator(mode="after")
+    def _expanded(self) -> Network:
+        """Counted again once validated: a repeat's ``times`` may come from a block's
+        parameters."""
+        check_expansion(self.layers)
+        return self
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

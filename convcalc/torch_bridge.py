@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 # Fields that are convcalc's own, not constructor arguments.
-SPEC_ONLY_FIELDS = {"type", "name", "trainable", "line", "from_"}
+SPEC_ONLY_FIELDS = {"type", "name", "trainable", "frozen", "line", "from_"}
 
 # Arguments the calculator infers from the incoming shape when a spec leaves them out.
 INFERRED_FIELDS: dict[str, Callable[[tuple[int, ...]], Any]] = {
@@ -91,6 +91,8 @@ def torch_layer(layer: Leaf, input_shape: tuple[int, ...]) -> Any:
     module = cls(**torch_arguments(layer, input_shape))
     if not layer.trainable:
         module.requires_grad_(False)
+    for name in layer.frozen:
+        getattr(module, name).requires_grad_(False)
     return module
 
 
@@ -144,6 +146,22 @@ def _module_classes() -> dict[str, type]:
                 self.add_module(name, module)
             self.program = program
             self.results = results
+            # Each value is dropped after its last reader, so that it is freed there
+            # (as the analysis assumes); what the block returns is kept to the end.
+            last: dict[tuple[int, Any], int] = {}
+            for step, (_, _, sources) in enumerate(program):
+                for source in sources:
+                    if source[0] == "out":
+                        last[source[1], source[2]] = step
+            kept = {(s[1], s[2]) for s in results if s[0] == "out"}
+            wanted = [*last, *(key for key in kept if key not in last)]
+            self.stored = [
+                tuple(piece for at, piece in wanted if at == step) for step in range(len(program))
+            ]
+            self.dropped = [
+                tuple(key for key, at in last.items() if at == step and key not in kept)
+                for step in range(len(program))
+            ]
 
         def __getitem__(self, key: int | str) -> Any:
             return self._modules[str(key)]
@@ -152,22 +170,27 @@ def _module_classes() -> dict[str, type]:
             return len(self._modules)
 
         def forward(self, *inputs: Any) -> Any:
-            values: list[Any] = []
+            values: dict[tuple[int, Any], Any] = {}  # (step, piece or None) -> value
 
             def read(source: tuple[Any, ...]) -> Any:
                 if source[0] == "in":
                     return inputs[source[1]]
-                value = values[source[1]]
-                return value if source[2] is None else value[source[2]]
+                return values[source[1], source[2]]
 
-            for child, join, sources in self.program:
+            for step, (child, join, sources) in enumerate(self.program):
                 arguments = [read(source) for source in sources]
                 if join == "residual":
-                    values.append(arguments[0] + arguments[1])
+                    out = arguments[0] + arguments[1]
                 elif join == "concat":
-                    values.append(torch.cat(arguments, dim=1))
+                    out = torch.cat(arguments, dim=1)
                 else:
-                    values.append(self.get_submodule(child)(*arguments))
+                    out = self.get_submodule(child)(*arguments)
+                del arguments
+                for piece in self.stored[step]:
+                    values[step, piece] = out if piece is None else out[piece]
+                del out
+                for key in self.dropped[step]:
+                    del values[key]
             if len(self.results) == 1:
                 return read(self.results[0])
             return tuple(read(source) for source in self.results)

@@ -22,6 +22,7 @@ shape torch gives it. Parameters of submodules the forward never calls (Inceptio
 from __future__ import annotations
 
 import importlib
+import inspect
 import io
 import logging
 import math
@@ -212,6 +213,29 @@ class _Importer:
 
     # -- capture -------------------------------------------------------------------------
 
+    def check_inputs(self) -> None:
+        """As many input shapes as the forward has inputs (arguments without a default)."""
+        try:
+            parameters = list(inspect.signature(self.root.forward).parameters.values())
+        except (TypeError, ValueError):  # no signature to read: let torch.export judge
+            return
+        positional = [
+            p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        required = [p.name for p in positional if p.default is p.empty]
+        required += [
+            p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+        ]
+        variadic = any(p.kind is p.VAR_POSITIONAL for p in parameters)
+        given = len(self.shapes)
+        if given < len(required) or (given > len(positional) and not variadic):
+            takes = required if given < len(required) else [p.name for p in positional]
+            raise ModelImportError(
+                f"{type(self.root).__name__}.forward takes {_count(len(takes), 'input')} "
+                f"({', '.join(takes) or 'none'}), but {_count(given, 'input shape')} "
+                f"{'was' if given == 1 else 'were'} given"
+            )
+
     def capture(self) -> Any:
         torch = self.torch
         device = next(
@@ -227,11 +251,15 @@ class _Importer:
         except ModelImportError:
             raise
         except Exception as error:
+            hint = (
+                "if one submodule's forward is the cause (control flow on values, say), keep "
+                "it whole with --leaf NAME (from_torch(..., leaf_modules=[...]))"
+            )
+            if self.leaves:  # the base class's forward may not compute what the module does
+                hint = "a --leaf module runs its torch.nn base class's forward, which may not fit"
             raise ModelImportError(
                 f"torch.export cannot capture {type(self.root).__name__} on an input of shape "
-                f"{[1, *next(iter(self.shapes.values()))]}: {_first_line(error)}; if one "
-                f"submodule's forward is the cause (control flow on values, say), keep it "
-                f"whole with --leaf NAME (from_torch(..., leaf_modules=[...]))"
+                f"{[1, *next(iter(self.shapes.values()))]}: {_first_line(error)}; {hint}"
             ) from None
         finally:
             for m, mode in modes.items():
@@ -290,6 +318,7 @@ class _Importer:
     # -- the graph as a flat list of layers ------------------------------------------------
 
     def run(self) -> Imported:
+        self.check_inputs()
         program = self.capture()
         graph = program.graph
         signature = program.graph_signature
@@ -341,17 +370,23 @@ class _Importer:
     def _check(
         self, report: Any, results: list[Any], signature: Any, placeholders: list[Any]
     ) -> None:
-        """The spec's totals and output shapes are torch's."""
-        used = sum(
-            int(t.numel())
-            for node, (qualified, t) in self.params.items()
-            if node.users and qualified in dict(self.root.named_parameters())
-        )
-        if report.totals.params != used:
-            raise ModelImportError(
-                f"the spec imported from {type(self.root).__name__} counts "
-                f"{report.totals.params:,} parameters, but its forward uses {used:,}"
-            )
+        """The spec's totals (all parameters, and those that train) and output shapes
+        are torch's."""
+        named = dict(self.root.named_parameters())
+        used = [t for node, (q, t) in self.params.items() if node.users and q in named]
+        for what, counted, expected in [
+            ("parameters", report.totals.params, sum(int(t.numel()) for t in used)),
+            (
+                "trainable parameters",
+                report.totals.trainable_params,
+                sum(int(t.numel()) for t in used if t.requires_grad),
+            ),
+        ]:
+            if counted != expected:
+                raise ModelImportError(
+                    f"the spec imported from {type(self.root).__name__} counts {counted:,} "
+                    f"{what}, but its forward uses {expected:,}"
+                )
         shapes = [tuple(r.meta["val"].shape) for r in results]
         got = [tuple(s) for s in (report.outputs.values() if report.outputs else [])]
         got = got or [tuple(report.output_shape)]
@@ -472,9 +507,12 @@ class _Importer:
         }
         if refs != [self.last_output]:
             layer["from"] = refs[0] if len(refs) == 1 else refs
-        frozen = self._frozen(node)
-        if frozen:
-            layer["trainable"] = False
+        tensors = [  # (the ATen argument's name: weight, bias, ..., the parameter)
+            (key, self.params[value][1])
+            for key, value in _bind(node).items()
+            if hasattr(value, "op") and value in self.params
+        ]
+        layer.update(self._trainability(tensors))
         self.layers.append(self._checked(layer, node))
         self.values[node] = name
         self.last_output = None if layer["type"] in ("split", "chunk") else name
@@ -490,15 +528,16 @@ class _Importer:
             ) from None
         return layer
 
-    def _frozen(self, node: Any) -> bool:
-        tensors = [
-            self.params[a][1]
-            for a in _flatten((*node.args, *node.kwargs.values()))
-            if a in self.params and self.params[a][1] is not None
-        ]
-        tensors = [t for t in tensors if hasattr(t, "requires_grad") and t.is_floating_point()]
-        params = [t for t in tensors if isinstance(t, self.torch.nn.Parameter)]
-        return bool(params) and not any(p.requires_grad for p in params)
+    def _trainability(self, tensors: list[tuple[str, Any]]) -> dict[str, Any]:
+        """``trainable: false`` when none of a layer's parameters (name, tensor) train,
+        ``frozen: [names]`` when some do not."""
+        params = [(n, t) for n, t in tensors if isinstance(t, self.torch.nn.Parameter)]
+        frozen = [n for n, t in params if not t.requires_grad]
+        if not frozen:
+            return {}
+        if len(frozen) == len(params):
+            return {"trainable": False}
+        return {"frozen": frozen}
 
     # -- layer modules ---------------------------------------------------------------------
 
@@ -550,15 +589,12 @@ class _Importer:
         last = group.nodes[-1]
         if not inputs:
             raise self.unsupported(last, f"module {path} without a tensor input")
-        params = list(module.parameters())
         name = self._unique(path or self.name)
-        frozen = bool(params) and not any(p.requires_grad for p in params)
         refs = [self.ref(i, last) for i in inputs]
         layer = {"type": layer.pop("type"), "name": name, **layer}
         if refs != [self.last_output]:
             layer["from"] = refs[0] if len(refs) == 1 else refs
-        if frozen:
-            layer["trainable"] = False
+        layer.update(self._trainability(list(module.named_parameters())))
         self.layers.append(self._checked(layer, last))
         multiple = group.kind in ("split", "chunk")
         self.last_output = None if multiple else name
@@ -1065,6 +1101,10 @@ def _plain(value: Any) -> Any:
         items = [_plain(v) for v in value]
         return items[0] if items and all(v == items[0] for v in items) else items
     return value
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _snake(name: str) -> str:

@@ -10,6 +10,10 @@ a complete state, each file written under a temporary name and renamed:
 - ``checkpoint.pt``: weights, optimizer state, random-number state, for ``--resume``;
 - ``curves.png``: loss and accuracy per epoch;
 - ``spec.yaml``: the spec.
+
+A run that goes wrong without failing (the loss grows by orders of magnitude, or the
+validation accuracy ends no better than guessing) says so in one warning line, kept in
+``TrainResult.warnings`` and ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import yaml
 
 from convcalc.analysis import analyze
@@ -38,13 +43,33 @@ from convcalc.report import OPTIMIZER_STATES, Report, TrainingMemory
 from convcalc.spec import Network
 from convcalc.torch_bridge import build_module, import_torch
 
-__all__ = ["DEFAULT_LR", "EpochMetrics", "Interrupted", "Settings", "TrainResult", "train"]
+__all__ = [
+    "DEFAULT_LR",
+    "EpochMetrics",
+    "Interrupted",
+    "Settings",
+    "TrainResult",
+    "filter_grid",
+    "train",
+]
 
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 SGD_MOMENTUM = 0.9
 # A training step costs about three forward passes (forward, then the gradients with
 # respect to the activations and to the weights), and a multiply-accumulate is 2 FLOPs.
 FLOPS_PER_MAC_TRAINING = 3 * 2
+# A loss this many times its start (the first step's, or a uniform guess's ln(classes) if
+# larger) has diverged: two orders of magnitude, far beyond the noise of a healthy run.
+DIVERGED_LOSS_FACTOR = 100
+# TensorBoard's filter image: each weight drawn as a square of at most this many pixels,
+# filters drawn at least FILTER_MIN_SIDE pixels wide where that stays within the limit,
+# FILTER_GAP pixels of FILTER_GAP_COLOUR between them, the whole at most
+# FILTER_GRID_MAX_SIDE pixels a side (or one pixel a weight, if even that is larger).
+FILTER_MAX_SCALE = 8
+FILTER_MIN_SIDE = 48
+FILTER_GAP = 2
+FILTER_GAP_COLOUR = (0.2, 0.45, 0.8)  # blue: not a grey any filter pixel can be
+FILTER_GRID_MAX_SIDE = 1024
 
 METRICS, MODEL, CHECKPOINT, CURVES, SPEC = (
     "metrics.json",
@@ -97,6 +122,9 @@ class TrainResult:
     estimated_memory: TrainingMemory | None = None
     world_size: int = 1
     notes: list[str] = field(default_factory=list)
+    # what went wrong without stopping the run (divergence, chance accuracy); each also
+    # reported as a "warning: " line
+    warnings: list[str] = field(default_factory=list)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -171,6 +199,7 @@ class _Run:
         self.spec_text = _spec_text(spec, self.network)
         self.resume = Path(resume) if resume is not None else None
         self.history: list[EpochMetrics] = []
+        self.first_loss: float | None = None  # of this process's first step
         self.settings = self._settings(given)
         self.rank, self.world = self._distributed()
         self.out = self._out_dir(out)
@@ -304,6 +333,7 @@ class _Run:
         dtype = getattr(torch, self.network.dtype)
         x = torch.from_numpy(dataset.x).to(device=device, dtype=dtype)
         y = torch.from_numpy(dataset.y).to(device)
+        chance = float(np.bincount(dataset.y[val_idx]).max()) / len(val_idx)
 
         loss_fn = _loss(torch, last_layer)
         self._warm_up(loss_fn, x[:1].expand(settings.batch_size, *x.shape[1:]), y[:1])
@@ -372,6 +402,9 @@ class _Run:
                     f"epoch {epoch}/{settings.epochs}: train loss {loss:.4f}, val loss "
                     f"{val_loss:.4f}, val accuracy {accuracy:.2%} ({metrics.seconds:.1f} s)"
                 )
+                if not result.warnings:  # one warning a run says enough
+                    start = self._start_loss(dataset.classes)
+                    self._warn(result, _diverged(metrics, start, settings.learning_rate))
                 self._board_epoch(metrics, model, optimizer)
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(metrics)
@@ -386,9 +419,22 @@ class _Run:
         )
         result.peak_memory_bytes = self._peak_memory(peak, baseline)
         self._summary(result)
+        if not result.warnings:
+            last = result.epochs[-1]
+            self._warn(result, _at_chance(last, chance, len(val_idx), settings.learning_rate))
         if self.rank == 0:
             self._write_metrics(result)
         return result
+
+    def _start_loss(self, classes: int) -> float:
+        """What the loss is compared with to call it diverged: the first step's, or a
+        uniform guess's if that is larger (a run resumed from good weights starts low)."""
+        return max(self.first_loss or 0.0, math.log(classes))
+
+    def _warn(self, result: TrainResult, message: str | None) -> None:
+        if message is not None:
+            result.warnings.append(message)
+            self.echo(f"warning: {message}")
 
     def _check_fit(self, report: Report, dataset: Dataset) -> str:
         """The loss to use (see ``_loss``), once the output fits the labels."""
@@ -495,6 +541,8 @@ class _Run:
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model(x[chosen]), y[chosen])
                 value = loss.item()
+                if self.first_loss is None:
+                    self.first_loss = value
                 if not math.isfinite(value):
                     raise TrainingError(
                         f"the loss became {value} in epoch {epoch}, step {step}; training "
@@ -554,12 +602,9 @@ class _Run:
         )
         if first is not None:
             name, conv = first
-            weight = conv.weight.detach().float().cpu()
-            if weight.shape[1] != 3:
-                weight = weight.mean(dim=1, keepdim=True)  # one grey image per filter
-            low = weight.amin(dim=(1, 2, 3), keepdim=True)
-            high = weight.amax(dim=(1, 2, 3), keepdim=True)
-            board.add_images(f"filters/{name}", (weight - low) / (high - low + 1e-12), epoch)
+            weight = conv.weight.detach().float().cpu().numpy()
+            pixels = np.round(filter_grid(weight) * 255).astype(np.uint8)
+            board.add_image(f"filters/{name}", pixels, epoch, dataformats="HWC")
         board.flush()
 
     def _bar(self, epoch: int, total: int) -> Any:
@@ -650,6 +695,7 @@ class _Run:
                 if self.settings.device == "cuda"
                 else "RSS growth during training",
                 "estimated_memory": memory.to_dict() if memory else None,
+                "warnings": result.warnings,
             }
         text = json.dumps(data, indent=2) + "\n"
         _atomic(self.out / METRICS, lambda path: path.write_text(text, encoding="utf-8"))
@@ -688,6 +734,97 @@ def _loss(torch: Any, last: str) -> Any:
         nll = torch.nn.NLLLoss()
         return lambda probabilities, target: nll(torch.log(probabilities.clamp_min(1e-12)), target)
     return torch.nn.CrossEntropyLoss()
+
+
+def _diverged(epoch: EpochMetrics, start: float, learning_rate: float) -> str | None:
+    """Why ``epoch`` looks diverged from a loss of ``start``, or None if it does not.
+
+    >>> exploded = EpochMetrics(1, 3.7e14, 2.8e6, 0.078, 1, 1, 0)
+    >>> print(_diverged(exploded, 2.3, 1e6))  # doctest: +NORMALIZE_WHITESPACE
+    training diverged: the training loss grew from 2.3 at the start to 3.7e+14 in epoch 1;
+    try a lower learning rate than 1e+06
+    >>> nan = EpochMetrics(2, 1.5, float("nan"), 0.1, 1, 1, 0)
+    >>> print(_diverged(nan, 2.3, 0.05))  # doctest: +NORMALIZE_WHITESPACE
+    training diverged: the validation loss became nan in epoch 2; try a lower learning rate
+    than 0.05
+    >>> _diverged(EpochMetrics(1, 2.0, 1.5, 0.6, 1, 1, 0), 2.3, 0.05) is None
+    True
+    """
+    hint = f"try a lower learning rate than {learning_rate:g}"
+    for name, loss in (("training", epoch.train_loss), ("validation", epoch.val_loss)):
+        if not math.isfinite(loss):
+            return (
+                f"training diverged: the {name} loss became {loss} in epoch {epoch.epoch}; {hint}"
+            )
+        if loss > DIVERGED_LOSS_FACTOR * start:
+            return (
+                f"training diverged: the {name} loss grew from {start:.3g} at the start to "
+                f"{loss:.3g} in epoch {epoch.epoch}; {hint}"
+            )
+    return None
+
+
+def _at_chance(
+    epoch: EpochMetrics, chance: float, samples: int, learning_rate: float
+) -> str | None:
+    """A warning if ``epoch``'s validation accuracy is no better than ``chance`` (always
+    guessing the most common class) on ``samples`` samples, else None. "No better" is
+    within two standard errors of a guess's accuracy: what luck alone gives.
+
+    >>> guessing = EpochMetrics(10, 2.3, 2.3, 0.11, 1, 1, 0)
+    >>> print(_at_chance(guessing, 0.1, 359, 1e-7))  # doctest: +NORMALIZE_WHITESPACE
+    the validation accuracy 11.00% after epoch 10 is no better than chance (10.00%, always
+    guessing the most common class); try another learning rate than 1e-07 or more epochs
+    >>> _at_chance(EpochMetrics(10, 0.1, 0.1, 0.97, 1, 1, 0), 0.1, 359, 1e-3) is None
+    True
+    """
+    luck = 2 * math.sqrt(chance * (1 - chance) / samples)
+    if epoch.val_accuracy > chance + luck:
+        return None
+    return (
+        f"the validation accuracy {epoch.val_accuracy:.2%} after epoch {epoch.epoch} is no "
+        f"better than chance ({chance:.2%}, always guessing the most common class); try "
+        f"another learning rate than {learning_rate:g} or more epochs"
+    )
+
+
+def filter_grid(weight: np.ndarray) -> np.ndarray:
+    """A conv layer's filters ([out, in, kh, kw]) as one RGB image ([height, width, 3],
+    values in [0, 1]) for TensorBoard: filters in rows of ``ceil(sqrt(out))``, each scaled
+    to its own minimum (black) and maximum (white), a filter of 3 input channels in colour
+    and any other as the mean over its channels, every weight a square of pixels
+    (nearest-neighbour), FILTER_GAP pixels of FILTER_GAP_COLOUR around and between them.
+
+    >>> filter_grid(np.zeros((32, 1, 3, 3))).shape  # mnist_cnn's conv1: 6×6 filters of 24 px
+    (158, 158, 3)
+    >>> filter_grid(np.zeros((64, 3, 11, 11))).shape  # AlexNet's: 8×8 of 55 px
+    (458, 458, 3)
+    """
+    count, _, height, width = (int(size) for size in weight.shape)
+    if weight.shape[1] != 3:
+        weight = weight.mean(axis=1, keepdims=True)
+    low = weight.min(axis=(1, 2, 3), keepdims=True)
+    high = weight.max(axis=(1, 2, 3), keepdims=True)
+    spread = np.where(high > low, high - low, 1.0)
+    tiles = ((weight - low) / spread).transpose(0, 2, 3, 1)  # [out, kh, kw, 1 or 3]
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+
+    def side(scale: int) -> int:
+        return FILTER_GAP + max(columns, rows) * (max(height, width) * scale + FILTER_GAP)
+
+    scale = max(1, min(FILTER_MAX_SCALE, math.ceil(FILTER_MIN_SIDE / max(height, width))))
+    while scale > 1 and side(scale) > FILTER_GRID_MAX_SIDE:
+        scale -= 1
+    tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
+    step_down, step_across = height * scale + FILTER_GAP, width * scale + FILTER_GAP
+    grid = np.empty((FILTER_GAP + rows * step_down, FILTER_GAP + columns * step_across, 3))
+    grid[...] = FILTER_GAP_COLOUR
+    for index, tile in enumerate(tiles):
+        top = FILTER_GAP + (index // columns) * step_down
+        left = FILTER_GAP + (index % columns) * step_across
+        grid[top : top + height * scale, left : left + width * scale] = tile
+    return grid
 
 
 def _per_batch(shape: tuple[int, ...]) -> str:

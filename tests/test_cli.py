@@ -107,7 +107,6 @@ def test_overrides():
     "args",
     [
         ["shape"],
-        ["shape", "no-such-file.yaml"],
         ["shape", ALEXNET, "--format", "xml"],
         ["shape", ALEXNET, "--input", "3,abc"],
         ["shape", ALEXNET, "--input", "0,224,224"],
@@ -118,6 +117,24 @@ def test_overrides():
 def test_bad_usage_exits_2(args):
     result = run(*args)
     assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "path", "message"),
+    [
+        ("shape", "no-such-file.yaml", "no-such-file.yaml: no such file"),
+        ("check", "no-such-file.yaml", "no-such-file.yaml: no such file"),
+        ("verify", "no-such-file.yaml", "no-such-file.yaml: no such file"),
+        ("shape", str(SPECS_DIR), "this is a directory, not a spec file"),
+        ("draw", str(SPECS_DIR), "this is a directory, not a spec file"),
+    ],
+)
+def test_a_spec_that_is_no_file_is_one_sentence(command, path, message):
+    extra = ["-o", "x.svg"] if command == "draw" else []
+    result = run(command, path, *extra)
+    assert result.exit_code == 1
+    assert result.stderr.strip().endswith(message) and len(result.stderr.splitlines()) == 1
     assert "Traceback" not in result.output
 
 

@@ -154,3 +154,23 @@ def test_readme_excerpts_are_real(command, monkeypatch, tmp_path):
     for line in shown.group(1).splitlines():
         if line != "...":
             assert line in printed.splitlines(), line
+
+
+def test_readme_cost_excerpt_is_real():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    command = "convcalc shape specs/resnet18.yaml --traffic --device-profile t4 --depth 1"
+    excerpt = re.search(rf"\$ {re.escape(command)}\n(.*?)```", readme, flags=re.S).group(1)
+    args = command.split()[1:]
+    args[1] = str(ROOT / args[1])
+    output = CliRunner().invoke(cli, args).stdout.splitlines()
+    lines = [line for line in excerpt.splitlines() if line != "..."]
+    assert lines and all(line in output for line in lines)
+
+
+def test_readme_budget_example_is_real(monkeypatch):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    command = "convcalc check specs/efficientnet_b0.yaml --budget params=5M --budget macs=600M"
+    shown = re.search(rf"\$ {re.escape(command)}\n(.*?)\n```", readme, flags=re.S).group(1)
+    monkeypatch.chdir(ROOT)
+    result = CliRunner().invoke(cli, command.split()[1:])
+    assert result.exit_code == 1 and result.stderr.strip() == shown

@@ -120,13 +120,118 @@ CASES = {
         convcalc.SpecValidationError,
         ":4: layers.0: times: must be a positive integer, got 0",
     ),
-    "repeat_too_many": (
+    "repeat_too_many": (  # nested: the outer repeat's copies take it past the limit
         HEAD
         + "  - type: repeat\n    times: 1000\n    layers:\n"
         + "      - {type: repeat, times: 1000, layers: [relu]}\n",
         convcalc.SpecValidationError,
-        ":1: the spec expands to more than 100,000 layers (repeat times × layers); "
+        ":4: layers.0: times: 1000 copies of 1,001 layers take the spec past 100,000 layers; "
         "refusing to analyse it",
+    ),
+    "repeat_huge_times": (
+        HEAD
+        + "  - relu\n  - type: sequential\n    name: body\n    layers:\n"
+        + "      - type: repeat\n        name: blocks4\n        times: 1000000000\n"
+        + "        layers: [{type: conv2d, out_channels: 3, kernel_size: 1}, relu]\n",
+        convcalc.SpecValidationError,
+        ":8: layers.1.0 (blocks4): times: 1000000000 copies of 3 layers take the spec past "
+        "100,000 layers; refusing to analyse it",
+    ),
+    "repeat_nested_inner_too_many": (  # the inner repeat alone is past the limit
+        HEAD
+        + "  - type: repeat\n    times: 2\n    layers:\n"
+        + "      - {type: repeat, name: inner, times: 1000000, layers: [relu]}\n",
+        convcalc.SpecValidationError,
+        ":7: layers.0.0 (inner): times: 1000000 copies of 1 layer take the spec past 100,000 "
+        "layers; refusing to analyse it",
+    ),
+    "repeats_add_up": (  # none alone is past the limit: the one that crosses it is named
+        HEAD
+        + "  - {type: repeat, times: 40000, layers: [relu]}\n"
+        + "  - {type: repeat, times: 40000, layers: [relu]}\n"
+        + "  - {type: repeat, name: third, times: 40000, layers: [relu]}\n",
+        convcalc.SpecValidationError,
+        ":6: layers.2 (third): times: 40000 copies of 1 layer take the spec past 100,000 "
+        "layers; refusing to analyse it",
+    ),
+    "repeat_in_a_block": (  # times is a block parameter: counted once it is known
+        "version: 2\ninput: [3, 32, 32]\nblocks:\n  stage:\n    params: {n: null}\n"
+        + "    layers:\n      - {type: conv2d, out_channels: 3, kernel_size: 1}\n"
+        + "      - {type: repeat, name: reps, times: n, layers: [relu]}\n"
+        + "layers:\n  - relu\n  - {type: stage, name: s1, n: 1000000000}\n",
+        convcalc.SpecValidationError,
+        ":8: layers.1.1 (reps): times: 1000000000 copies of 1 layer take the spec past "
+        "100,000 layers (in block 'stage', used on line 11); refusing to analyse it",
+    ),
+    "repeat_written_in_a_block": (
+        "version: 2\ninput: [3, 32, 32]\nblocks:\n  stage:\n    layers:\n"
+        + "      - {type: repeat, name: reps, times: 1000000000, layers: [relu]}\n"
+        + "layers:\n  - {type: stage, name: s1}\n",
+        convcalc.SpecValidationError,
+        ":6: layers.0.0 (reps): times: 1000000000 copies of 1 layer take the spec past "
+        "100,000 layers (in block 'stage', used on line 8); refusing to analyse it",
+    ),
+    "blocks_within_blocks_too_many": (  # 10 × 10 × 10 × 10 × 10 layers through blocks
+        "version: 2\ninput: [3, 32, 32]\nblocks:\n"
+        + "".join(f"  b{i}: {{layers: [{', '.join([f'b{i + 1}'] * 10)}]}}\n" for i in range(4))
+        + "  b4: {layers: [relu, relu, relu, relu, relu, relu, relu, relu, relu, relu]}\n"
+        + "layers: [relu, b0]\n",
+        convcalc.SpecValidationError,
+        ":9: layers.1: block 'b0' expands to more than 100,000 layers through the blocks it "
+        "uses; refusing to analyse it",
+    ),
+    "blocks_nested_too_deep": (  # each block nests two levels and uses the next
+        "version: 2\ninput: [3, 32, 32]\nblocks:\n"
+        + "".join(
+            f"  b{i}: {{layers: [{{type: sequential, layers: [{{type: residual, layers: "
+            f"[b{i + 1}]}}]}}]}}\n"
+            for i in range(30)
+        )
+        + "  b30: {layers: [relu]}\nlayers: [b0]\n",
+        convcalc.SpecValidationError,
+        ":20: layers.0"
+        + ".0.0.body.0" * 16
+        + ".0.0: layers nest more than 50 levels deep here (blocks within blocks); refusing "
+        "to analyse it",
+    ),
+    "yaml_nested_too_deep": (
+        HEAD + "  - " + "{type: sequential, layers: [" * 60 + "relu" + "]}" * 60 + "\n",
+        convcalc.SpecSyntaxError,
+        ":4: the YAML nests lists and mappings more than 100 levels deep; refusing to load it",
+    ),
+    "number_past_int64": (
+        HEAD + "  - {type: conv2d, out_channels: 1" + "0" * 5000 + ", kernel_size: 3}\n",
+        convcalc.SpecSyntaxError,
+        ":4: the number 10000000000000000000000000000… is larger than any size a tensor can "
+        "have (2**63 - 1) (column 34)",
+    ),
+    "bad_timestamp": (
+        "input: [3, 32, 32]\ncreated: 2023-02-30\nlayers: [relu]\n",
+        convcalc.SpecSyntaxError,
+        ":2: '2023-02-30' is not a valid timestamp (column 10)",
+    ),
+    "control_character": (
+        HEAD + "  - relu\x07\n",
+        convcalc.SpecSyntaxError,
+        ":4: the character U+0007 (column 9) is not allowed in YAML",
+    ),
+    "infinite_scale_factor": (
+        HEAD + "  - {type: upsample, scale_factor: .inf}\n",
+        convcalc.SpecValidationError,
+        ":4: layers.0: scale_factor: must be a positive number or a list of them, got inf",
+    ),
+    "output_past_int64": (
+        HEAD + "  - {type: repeat, times: 80, layers: [{type: upsample, scale_factor: 2}]}\n",
+        convcalc.ShapeError,
+        ":4: layers.0.57: output size in H would be ⌊4611686018427387904 · 2⌋, larger than "
+        "any tensor can have (2**63 - 1)",
+    ),
+    "expression_too_large": (
+        "version: 2\ninput: [3, 32, 32]\nblocks:\n  b:\n    params: {w: 99999}\n"
+        + "    layers: [{type: conv2d, kernel_size: 1, out_channels: w * w * w * w * w}]\n"
+        + "layers: [b]\n",
+        convcalc.SpecValidationError,
+        ":7: layers.0: block 'b': 'w * w * w * w * w' is too large",
     ),
     "not_a_mapping": (
         "- conv2d\n- relu\n",
@@ -375,3 +480,35 @@ def test_a_message_lists_the_first_problems_and_counts_the_rest():
         convcalc.load_spec({"input": [3, 8, 8], "layers": [[1]] * 20})
     assert len(caught.value.problems) == 20
     assert str(caught.value).endswith("... and 15 more problems")
+
+
+def test_blocks_past_the_limit_are_refused_before_any_is_expanded(monkeypatch):
+    """Regression: bare block names (``layers: [b1, b1]``) were not counted, so 10**5
+    layers were validated one block call at a time before the limit was noticed."""
+    from convcalc import spec
+
+    calls = []
+    expand = spec._call_block
+    monkeypatch.setattr(spec, "_call_block", lambda *args: calls.append(args) or expand(*args))
+    with pytest.raises(convcalc.SpecValidationError, match="expands to more than 100,000"):
+        convcalc.load_spec(CASES["blocks_within_blocks_too_many"][0])
+    assert calls == []
+
+
+def test_layers_nested_to_the_limit_are_analysed():
+    """MAX_NESTING (50 levels of layer lists) and MAX_DEPTH (100 levels of YAML) leave
+    room for any real network, and the analysis gets through 50 levels without running
+    out of stack."""
+    from convcalc.loader import MAX_DEPTH
+    from convcalc.spec import MAX_NESTING
+
+    deepest = (MAX_DEPTH - 2) // 2  # sequentials the YAML can hold
+    text = HEAD + "  - " + "{type: sequential, layers: [" * deepest + "relu" + "]}" * deepest
+    assert len(convcalc.analyze(text + "\n").rows) == deepest + 1
+    chain = (MAX_NESTING - 2) // 2  # blocks each adding two levels of layer lists
+    blocks = "".join(
+        f"  b{i}: {{layers: [{{type: sequential, layers: [b{i + 1}]}}]}}\n" for i in range(chain)
+    )
+    text = f"version: 2\ninput: [3, 8, 8]\nblocks:\n{blocks}  b{chain}: {{layers: [relu]}}\n"
+    report = convcalc.analyze(text + "layers: [b0]\n")
+    assert max(row.depth for row in report.rows) == 2 * chain + 2

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import convcalc
 
 from .conftest import SPECS_DIR
@@ -26,8 +28,14 @@ SCRIPT = textwrap.dedent(
         assert convcalc.analyze(spec).totals.params == 112 + 288 + 2
         assert convcalc.compare(spec, other).totals[0][1:] == (402, 837)
         assert convcalc.from_torch(model, (3, 8, 8)).layers[0].type == "conv2d"
+        assert convcalc.analyze(model, input=(3, 8, 8)).totals.params == 112
         module = convcalc.build_module(spec)
         assert sum(p.numel() for p in module.parameters()) == 402
+        assert convcalc.fit(spec, "1MiB").batch.batch_size > 1
+        cost = convcalc.estimate(convcalc.analyze(spec), convcalc.device_profile("t4"))
+        assert cost.layer("layers.0").flops == 2 * 4 * 6 * 6 * 27
+        assert convcalc.profile(spec, runs=1, warmup=0).layers[0].measured > 0
+        assert set(convcalc.calibrate(quick=True, repeats=1).efficiency) >= {"conv"}
     print("ok")
     """
 )
@@ -60,3 +68,71 @@ def test_comparison_reads_like_a_report():
     assert isinstance(comparison, convcalc.Comparison)
     _, a, b = comparison.totals[0]
     assert (a, b) == (61_100_840, 138_357_544)
+
+
+def test_analyze_takes_a_torch_module_with_its_input_shape():
+    import torch
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU(), torch.nn.Flatten()
+    ).eval()
+    model[1].requires_grad_(False)
+    report = convcalc.analyze(model, input=[3, 32, 32], batch_size=4)
+    with torch.no_grad():
+        output = model(torch.zeros(4, 3, 32, 32))
+    assert report.output_shape == tuple(output.shape)
+    assert report.totals.params == sum(p.numel() for p in model.parameters())
+    assert report.totals.trainable_params == sum(
+        p.numel() for p in model.parameters() if p.requires_grad
+    )
+
+
+def test_a_module_without_an_input_shape_is_one_sentence():
+    import torch
+
+    with pytest.raises(convcalc.ModelImportError) as caught:
+        convcalc.analyze(torch.nn.Conv2d(3, 4, 3))
+    assert str(caught.value) == (
+        "analyze() needs the input shape of the Conv2d module: "
+        "analyze(model, input=[3, 224, 224]) (one sample, channels first)"
+    )
+
+
+@pytest.mark.parametrize("value", [3, 2.5, [1, 3, 32, 32], None, b"input: [3]"])
+def test_analyze_names_a_wrong_type_in_one_sentence(value):
+    with pytest.raises(convcalc.ConvCalcError) as caught:
+        convcalc.analyze(value)
+    assert str(caught.value) == (
+        "analyze() takes a spec (a path, YAML text, a dict or a Network) or a "
+        f"torch.nn.Module, not {type(value).__name__}"
+    )
+
+
+@pytest.mark.parametrize("value", [{}, {"model": "resnet18"}])
+def test_analyze_of_a_mapping_that_is_no_spec_is_a_spec_error(value):
+    with pytest.raises(convcalc.SpecValidationError, match="missing required field 'input'"):
+        convcalc.analyze(value)
+
+
+def test_analyze_imports_torch_only_for_a_module():
+    script = textwrap.dedent(
+        """
+        import sys
+        import convcalc
+
+        spec = {"input": [3, 8, 8], "layers": ["flatten"]}
+        assert convcalc.analyze(spec).output_shape == (1, 192)
+        for value in (3, None, [3, 8, 8]):
+            try:
+                convcalc.analyze(value)
+            except convcalc.ConvCalcError:
+                pass
+        assert "torch" not in sys.modules
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

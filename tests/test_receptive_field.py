@@ -55,6 +55,35 @@ def test_padding_accumulates():
     ]
 
 
+@pytest.mark.parametrize(
+    ("side", "first"), [(8, "layers.3"), (9, "layers.4"), (12, "layers.5"), (99, None)]
+)
+def test_a_field_larger_than_the_input_is_information_in_the_totals(side, first):
+    """3×3 convs give fields 3, 5, 7, 9, 11, 13: the first larger than the input is named
+    in the totals (and printed there), never a warning: every ImageNet network gets there."""
+    conv = {"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1}
+    report = convcalc.analyze({"input": [1, side, side], "layers": [conv] * 6})
+    assert report.totals.field_covers_input_path == first
+    assert report.warnings == ()
+    assert report.totals.to_dict()["field_covers_input_path"] == first
+    text = report.render()
+    if first is None:
+        assert "Whole-input field" not in text
+    else:
+        size = 3 + 2 * int(first.split(".")[1])
+        assert (
+            f"Whole-input field:    from {first} (field {size}×{size} > input {side}×{side})"
+            in text
+        )
+
+
+@pytest.mark.parametrize("spec_name", ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0"])
+def test_stock_imagenet_networks_have_no_warnings(spec_name):
+    report = convcalc.analyze(SPECS_DIR / f"{spec_name}.yaml")
+    assert report.warnings == ()
+    assert report.totals.field_covers_input_path is not None
+
+
 def test_residual_takes_the_union_and_warns_when_misaligned():
     spec = {
         "input": [1, 16],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 import convcalc
@@ -16,10 +17,12 @@ from .conftest import SPECS_DIR
 DROPPED = "never covered by a window"
 
 
-def analyze_size(spec, size: int):
-    """(status, path, message) as the full calculator answers for this size."""
+def analyze_size(spec, size: int, shape=None):
+    """(status, path, message) as the full calculator answers for this size (in every
+    spatial dimension, or on this whole sample shape)."""
     network = convcalc.load_spec(spec)
-    shape = [network.input[0]] + [size] * (len(network.input) - 1)
+    if shape is None:
+        shape = [network.input[0]] + [size] * (len(network.input) - 1)
     try:
         report = convcalc.analyze(network, input=shape)
     except convcalc.ShapeError as error:
@@ -109,3 +112,118 @@ def test_no_spatial_dimension_is_an_error(write_spec):
     result = CliRunner().invoke(cli, ["sizes", str(path)])
     assert result.exit_code == 1
     assert "has no spatial dimension to vary" in result.stderr
+
+
+# A small C3D: 16 frames of 112×112; the first pool keeps the frames, as C3D's does.
+C3D = {
+    "name": "c3d_small",
+    "input": [3, 16, 112, 112],
+    "layers": [
+        {"type": "conv3d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+        "relu",
+        {"type": "maxpool3d", "kernel_size": [1, 2, 2]},
+        {"type": "conv3d", "out_channels": 16, "kernel_size": 3, "padding": 1},
+        "relu",
+        {"type": "maxpool3d", "kernel_size": 2},
+        {"type": "conv3d", "out_channels": 32, "kernel_size": 3, "padding": 1},
+        "relu",
+        {"type": "maxpool3d", "kernel_size": 2},
+        {"type": "adaptiveavgpool3d", "output_size": 1},
+        "flatten",
+        {"type": "linear", "out_features": 10},
+    ],
+}
+ONE_D = {
+    "input": [4, 100],
+    "layers": [
+        {"type": "conv1d", "out_channels": 8, "kernel_size": 5},
+        {"type": "maxpool1d", "kernel_size": 2},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("vary", "template"),
+    [
+        ("H,W", (3, 16, None, None)),
+        (["h", "w"], (3, 16, None, None)),
+        ("D", (3, None, 112, 112)),
+        ("W", (3, 16, 112, None)),
+        ("D,H,W", (3, None, None, None)),
+        (None, (3, None, None, None)),
+    ],
+)
+def test_a_3d_sweep_keeps_the_dimensions_not_named(vary, template):
+    report = check_sizes(C3D, range(1, 41), vary=vary)
+    assert report.input == template
+    for check in report.checks:
+        shape = report.input_shape(check.size)
+        assert [n for n, t in zip(shape, template) if t is not None] == [
+            t for t in template if t is not None
+        ]
+        assert (check.status, check.path, check.message) == analyze_size(C3D, check.size, shape), (
+            check.size
+        )
+        if check.status == "ok":
+            assert check.output_shape == convcalc.analyze(C3D, input=shape).output_shape
+
+
+def test_c3d_with_its_16_frames_needs_multiples_of_8():
+    """Three 2× pools in H and W: any multiple of 8 passes, and nothing else."""
+    report = check_sizes(C3D, range(1, 65), vary="H,W")
+    assert report.valid == list(range(8, 65, 8))
+    assert all(report.input_shape(size)[1] == 16 for size in report.valid)
+
+
+def test_the_fixed_frames_are_the_ones_answered_for():
+    """A kernel spanning all 16 frames: with the frames fixed, every S from 3 (the 3×3
+    window) passes; sweeping the frames too, nothing below 16 does."""
+    spec = {
+        "input": [3, 16, 32, 32],
+        "layers": [{"type": "conv3d", "out_channels": 4, "kernel_size": [16, 3, 3]}],
+    }
+    assert check_sizes(spec, range(1, 21), vary="H,W").valid == list(range(3, 21))
+    assert check_sizes(spec, range(1, 21)).valid == list(range(16, 21))
+
+
+def test_a_3d_sweep_in_the_cli(write_spec):
+    path = write_spec(yaml.safe_dump(C3D))
+    result = CliRunner().invoke(cli, ["sizes", str(path), "--range", "14:17", "--vary", "H,W"])
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[0] == "c3d_small: input [1, 3, 16, S, S]"
+    data = json.loads(
+        CliRunner()
+        .invoke(cli, ["sizes", str(path), "--range", "16", "--vary", "H,W", "-f", "json"])
+        .stdout
+    )
+    assert data["input"] == [3, 16, "S", "S"] and data["valid"] == [16]
+
+
+@pytest.mark.parametrize("name", ["lenet5", "unet_small"])
+def test_naming_every_dimension_is_the_default(name):
+    spec = SPECS_DIR / f"{name}.yaml"
+    assert check_sizes(spec, range(1, 70), vary="H,W") == check_sizes(spec, range(1, 70))
+
+
+@pytest.mark.parametrize(
+    ("spec", "vary", "message"),
+    [
+        (C3D, "T", "cannot vary T: choose D, H or W of the [C, D, H, W] input"),
+        (C3D, "C", "cannot vary C, the channels: choose D, H or W of the [C, D, H, W] input"),
+        (C3D, "H,X", "cannot vary X: choose D, H or W of the [C, D, H, W] input"),
+        (C3D, "H,", "name the dimensions to vary among D, H, W, with commas"),
+        (ONE_D, "H", "cannot vary H: choose L of the [C, L] input"),
+        (ONE_D, "L,W", "cannot vary W: choose L of the [C, L] input"),
+        (
+            {"input": [1, 28, 28], "layers": ["relu"]},
+            "D",
+            "cannot vary D: choose H or W of the [C, H, W] input",
+        ),
+    ],
+)
+def test_a_bad_choice_of_dimensions_is_one_sentence(write_spec, spec, vary, message):
+    path = write_spec(yaml.safe_dump(spec))
+    result = CliRunner().invoke(cli, ["sizes", str(path), "--vary", vary])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == f"error: {message}\n"

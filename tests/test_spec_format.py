@@ -184,9 +184,15 @@ def test_every_example_spec_is_valid(path):
 def test_public_api():
     assert sorted(convcalc.__all__) == sorted(
         [
+            "DEVICES",
             "Comparison",
             "ConvCalcError",
             "DataError",
+            "DeviceProfile",
+            "DeviceProfileError",
+            "Estimate",
+            "FitReport",
+            "LayerEstimate",
             "LayerRow",
             "ModelImportError",
             "Network",
@@ -206,7 +212,20 @@ def test_public_api():
             "compare",
             "from_torch",
             "load_spec",
+            "calibrate",
+            "device_profile",
+            "estimate",
+            "fit",
+            "profile",
         ]
     )
     for name in convcalc.__all__:
         assert hasattr(convcalc, name)
+
+
+def test_a_scalar_output_analyses():
+    """A mean over every dimension gives a 0-d tensor, as torch does (found by hypothesis)."""
+    import torch
+
+    report = convcalc.analyze({"input": [1], "layers": [{"type": "mean", "dim": [0, 1]}]})
+    assert report.output_shape == tuple(torch.zeros(1, 1).mean(dim=[0, 1]).shape) == ()

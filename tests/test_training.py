@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,12 +20,21 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 import convcalc
 from convcalc.cli import cli
 from convcalc.data import load_data, split_indices
 from convcalc.errors import DataError, ShapeError, TrainingError
-from convcalc.training import Interrupted, train
+from convcalc.training import (
+    FILTER_GAP_COLOUR,
+    EpochMetrics,
+    Interrupted,
+    _at_chance,
+    _diverged,
+    filter_grid,
+    train,
+)
 
 TINY = """\
 name: tiny
@@ -250,6 +261,9 @@ def test_a_run_leaves_metrics_curves_weights_and_the_spec(tiny, npz, tmp_path):
     assert sum(line.startswith("epoch ") for line in lines) == 3
     assert any(line.startswith("throughput ") and "GFLOP/s" in line for line in lines)
     assert any(line.startswith("memory: ") and "estimated for adam" in line for line in lines)
+    # a healthy run warns of nothing
+    assert result.warnings == [] and metrics["summary"]["warnings"] == []
+    assert not any("warning" in line for line in lines)
 
 
 def test_achieved_gflops_follow_from_the_calculators_macs(tiny, npz, tmp_path):
@@ -374,6 +388,107 @@ def test_nan_loss_stops_at_once_and_writes_nothing(tmp_path, tiny):
     assert not (tmp_path / "run").exists()
 
 
+def test_cli_nan_loss_is_one_line_and_exit_1(tmp_path, tiny):
+    data = tmp_path / "huge.npz"
+    x, y = bars()
+    np.savez(data, x=x * 1e38, y=y)
+    result = CliRunner().invoke(cli, train_arguments(tiny, data, tmp_path / "run"))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: the loss became") and "Traceback" not in result.output
+    assert result.stderr.count("\n") == 1
+
+
+# -- a run that goes wrong without failing: one warning, exit 0 ----------------------------
+
+
+def test_the_diverging_run_of_the_issue_warns(tiny, npz, tmp_path):
+    out = tmp_path / "run"
+    arguments = train_arguments(tiny, npz, out, "--lr", "1e6", "--optimizer", "sgd")
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1, result.stdout
+    assert re.fullmatch(
+        r"warning: training diverged: the training loss grew from 1\.\d+ at the start to "
+        r"[\d.]+e\+\d+ in epoch 1; try a lower learning rate than 1e\+06",
+        warnings[0],
+    )
+    # said as soon as the epoch shows it, before the next epoch
+    lines = result.stdout.splitlines()
+    assert lines[lines.index(warnings[0]) - 1].startswith("epoch 1/2: ")
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["summary"]["warnings"] == [warnings[0].removeprefix("warning: ")]
+
+
+def test_a_run_that_learns_nothing_warns_at_the_end(tiny, npz, tmp_path):
+    lines: list[str] = []
+    result = train(
+        str(tiny),
+        str(npz),
+        epochs=2,
+        lr=1e-9,
+        optimizer="sgd",
+        out=tmp_path / "r",
+        echo=lines.append,
+    )
+    (warning,) = result.warnings
+    assert re.fullmatch(
+        r"the validation accuracy \d+\.\d\d% after epoch 2 is no better than chance "
+        r"\(37\.50%, always guessing the most common class\); try another learning rate than "
+        r"1e-09 or more epochs",
+        warning,
+    )
+    assert lines[-1] == f"warning: {warning}"
+
+
+def epoch(train_loss: float, val_loss: float = 1.0, accuracy: float = 0.9) -> EpochMetrics:
+    return EpochMetrics(3, train_loss, val_loss, accuracy, 1.0, 1.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "start", "expected"),
+    [
+        (epoch(2.0), 2.0, None),
+        (epoch(200.0), 2.0, None),  # 100 times the start: not yet
+        (epoch(200.5), 2.0, "the training loss grew from 2 at the start to 200 in epoch 3"),
+        (
+            epoch(1.0, val_loss=1e4),
+            2.3,
+            "the validation loss grew from 2.3 at the start to 1e+04 in epoch 3",
+        ),
+        (epoch(1.0, val_loss=float("nan")), 2.3, "the validation loss became nan in epoch 3"),
+        (epoch(float("inf")), 2.3, "the training loss became inf in epoch 3"),
+        (epoch(0.0, val_loss=0.0), 0.0, None),  # one class: the loss is always 0
+    ],
+)
+def test_diverged(metrics, start, expected):
+    message = _diverged(metrics, start, 0.5)
+    if expected is None:
+        assert message is None
+    else:
+        assert message == f"training diverged: {expected}; try a lower learning rate than 0.5"
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "chance", "samples", "warns"),
+    [
+        (0.10, 0.10, 359, True),
+        (0.13, 0.10, 359, True),  # two standard errors above chance: 13.17%
+        (0.14, 0.10, 359, False),
+        (0.50, 0.375, 24, True),  # few samples, wide luck: 37.5% + 19.8%
+        (0.60, 0.375, 24, False),
+        (0.00, 0.375, 24, True),
+        (1.00, 1.0, 24, True),  # one class: nothing to learn
+    ],
+)
+def test_at_chance(accuracy, chance, samples, warns):
+    message = _at_chance(epoch(1.0, accuracy=accuracy), chance, samples, 0.5)
+    assert (message is not None) == warns
+    if warns:
+        assert f"validation accuracy {accuracy:.2%} after epoch 3" in message
+        assert f"chance ({chance:.2%}, always guessing" in message
+
+
 def test_cuda_without_cuda(tiny, npz, tmp_path):
     if torch.cuda.is_available():  # pragma: no cover - these machines have no GPU
         pytest.skip("this machine has CUDA")
@@ -426,6 +541,7 @@ def test_cli_trains_and_reports(tiny, npz, tmp_path):
     assert result.exit_code == 0, result.output
     assert "epoch 2/2: train loss" in result.stdout
     assert "epoch 1/2" in result.stderr  # the tqdm bar
+    assert "warning" not in result.output
     assert (out / "model.pt").is_file()
 
 
@@ -510,3 +626,56 @@ def test_tensorboard_event_files_hold_the_run(tiny, npz, tmp_path):
     (images,) = [t for t in tags["images"] if t.startswith("filters/")]
     assert images.startswith("filters/layers.0")
     assert [e.step for e in events.Images(images)] == [1, 2]
+    # 4 filters 3×3 in 2 rows of 2, 24 pixels each, 2-pixel gaps: 2 + 2 × (24 + 2)
+    last = events.Images(images)[-1]
+    assert (last.width, last.height) == (54, 54)
+    picture = np.asarray(Image.open(io.BytesIO(last.encoded_image_string)).convert("RGB"))
+    gap = np.round(np.array(FILTER_GAP_COLOUR) * 255)
+    for lines in (picture[:2], picture[26:28], picture[:, :2], picture[:, 26:28]):
+        assert (lines == gap).all()
+    # the picture of the last epoch is that of the weights saved after it
+    weight = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["layers.0.weight"]
+    expected = np.round(filter_grid(weight.numpy()) * 255)
+    np.testing.assert_array_equal(picture, expected)
+    first = picture[2:26, 2:26]  # each filter spans black to white
+    assert first.min() == 0 and first.max() == 255
+
+
+# -- the filter image --------------------------------------------------------------------------
+
+
+def test_filter_grid_gaps_scaling_and_normalisation():
+    weight = np.arange(5 * 9, dtype=np.float64).reshape(5, 1, 3, 3)
+    weight[1] *= -10  # each filter is scaled to its own range
+    grid = filter_grid(weight)
+    # 5 filters: rows of 3, two rows; 3×3 weights of 8×8 pixels; gaps of 2
+    assert grid.shape == (2 + 2 * (24 + 2), 2 + 3 * (24 + 2), 3)
+    gap = np.array(FILTER_GAP_COLOUR)
+    tops, lefts = [2, 28], [2, 28, 54]
+    covered = np.zeros(grid.shape[:2], bool)
+    for index in range(5):
+        top, left = tops[index // 3], lefts[index % 3]
+        tile = grid[top : top + 24, left : left + 24]
+        covered[top : top + 24, left : left + 24] = True
+        assert (tile == tile[..., :1]).all()  # grey
+        expected = np.arange(9).reshape(3, 3) / 8
+        if index == 1:
+            expected = expected[::-1, ::-1]
+        np.testing.assert_allclose(tile[..., 0], np.kron(expected, np.ones((8, 8))))
+    assert (grid[~covered] == gap).all()  # gaps, border and the empty sixth cell
+
+
+def test_filter_grid_colour_channels_and_size_limit():
+    rng = np.random.default_rng(0)
+    colour = filter_grid(rng.normal(size=(2, 3, 5, 5)))
+    assert colour.shape == (2 + 1 * (40 + 2), 2 + 2 * (40 + 2), 3)  # 8 pixels a weight
+    tile = colour[2:42, 2:42]
+    assert not (tile == tile[..., :1]).all()  # in colour
+    assert tile.min() == 0 and tile.max() == 1
+    mean = filter_grid(np.stack([np.ones((1, 3, 3)), np.eye(3)[None] * 2], axis=1))
+    np.testing.assert_allclose(mean[2:26:8, 2:26:8, 0], np.eye(3))  # the channels' mean
+    constant = filter_grid(np.ones((1, 1, 3, 3)))
+    assert (constant[2:26, 2:26] == 0).all()  # no range: black, not NaN
+    assert max(filter_grid(np.zeros((256, 3, 11, 11))).shape) <= 1024
+    # 64 columns of 3×3 filters: the largest scale that fits in 1024 pixels is 4
+    assert filter_grid(np.zeros((4096, 1, 3, 3))).shape == (2 + 64 * 14, 2 + 64 * 14, 3)

@@ -32,11 +32,13 @@ def torch_saved_bytes(spec: dict | Path, dtype: str = "float32") -> int:
     module = build_module(spec).to(DTYPES[dtype]).train()
     state = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
     saved: dict[int, int] = {}
+    alive: list[torch.Tensor] = []  # held, so that no freed storage's address is reused
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in state:
             saved[storage.data_ptr()] = storage.nbytes()
+            alive.append(tensor)
         return tensor
 
     inputs = [torch.randn(shape, dtype=DTYPES[dtype]) for shape in report.input_shapes.values()]
