@@ -7,12 +7,11 @@
 7850
 """
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from convcalc.analysis import analyze
 from convcalc.compare import Comparison, compare
-from convcalc.cost import Estimate, LayerEstimate, estimate
-from convcalc.devices import DEVICES, DeviceProfile, device_profile
 from convcalc.errors import (
     ConvCalcError,
     DataError,
@@ -26,12 +25,34 @@ from convcalc.errors import (
     TorchNotInstalledError,
     TrainingError,
 )
-from convcalc.fitting import FitReport, fit
 from convcalc.loader import load_spec
 from convcalc.report import LayerRow, Report, SpecWarning, Totals
 from convcalc.spec import Network
 
+if TYPE_CHECKING:
+    from convcalc.cost import Estimate, LayerEstimate, estimate
+    from convcalc.devices import DEVICES, DeviceProfile, device_profile
+    from convcalc.fitting import FitReport, fit
+
 __version__ = "0.1.0"
+
+# Imported on first use, so that `import convcalc` and `convcalc shape` stay fast.
+_LAZY = {
+    "Estimate": "convcalc.cost",
+    "LayerEstimate": "convcalc.cost",
+    "estimate": "convcalc.cost",
+    "DEVICES": "convcalc.devices",
+    "DeviceProfile": "convcalc.devices",
+    "device_profile": "convcalc.devices",
+    "FitReport": "convcalc.fitting",
+    "fit": "convcalc.fitting",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'convcalc' has no attribute {name!r}")
 
 
 def from_torch(module: Any, input_shape: Any, **options: Any) -> Network:
@@ -50,7 +71,7 @@ def profile(spec: Any, **options: Any) -> Any:
     return measure(spec, **options)
 
 
-def calibrate(device: str = "cpu", **options: Any) -> DeviceProfile:
+def calibrate(device: str = "cpu", **options: Any) -> "DeviceProfile":
     """Measure this machine as a device profile (imports torch; see ``convcalc.profiling``)."""
     from convcalc.profiling import calibrate as measure
 

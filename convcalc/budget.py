@@ -65,7 +65,7 @@ def _limit(value: Any, parse: Any, what: str) -> Fraction:
 class TrainingMemoryBudget(BaseModel):
     """The memory of a training step (``Report.training_memory``) at most ``max``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
     max: Limit
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
 
@@ -78,7 +78,7 @@ class TrainingMemoryBudget(BaseModel):
 class LatencyBudget(BaseModel):
     """The roofline estimate on ``device`` (a profile name or file) at most ``max``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
     device: str
     max: Limit
 
@@ -91,7 +91,7 @@ class LatencyBudget(BaseModel):
 class Budget(BaseModel):
     """Limits on a spec's numbers; each one left out is not checked."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
     params: Limit | None = None
     trainable_params: Limit | None = None
     macs: Limit | None = None
