@@ -424,9 +424,9 @@ def profile_table(result: Profile) -> str:
         summary.append(("Estimated", "-- (give --device-profile, or run `convcalc calibrate`)"))
     label_width = max(len(label) for label, _ in summary) + 2
     lines += [f"{label + ':':<{label_width}}{value}" for label, value in summary]
-    lines += [
-        rule,
-        "Layer times from forward hooks; the total is a separate run without them. A block's "
-        "join (+, cat) has no layer time of its own.",
-    ]
+    note = (
+        "Layer times come from forward hooks; the total is a separate run without them. A "
+        "block's join (+, cat) has no layer time of its own."
+    )
+    lines += [rule, *textwrap.wrap(note, width=max(60, min(width, 100)))]
     return "\n".join(lines) + "\n"
