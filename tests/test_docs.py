@@ -45,7 +45,7 @@ def test_readme_spec_is_the_shipped_spec():
     block = _yaml_blocks(ROOT / "README.md")[0]
     shipped = (ROOT / "specs" / "mnist_cnn.yaml").read_text(encoding="utf-8")
     assert block.replace("# specs/mnist_cnn.yaml\n", "") in shipped
-    assert "pip install -c constraints.txt -e '.[dev,train,tensorboard]'" in readme
+    assert "pip install -c constraints.txt -e '.[dev,train,tensorboard,serve]'" in readme
 
 
 def test_readme_error_example_is_real(write_spec):
