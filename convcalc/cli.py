@@ -746,6 +746,43 @@ def compare_command(
 
 
 @cli.command()
+@click.argument("spec", required=False, type=click.Path(dir_okay=False))
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to bind.")
+@click.option("--open", "open_page", is_flag=True, help="Open the page in the web browser.")
+def serve(spec: str | None, port: int, host: str, open_page: bool) -> None:
+    """The playground page, served locally: edit a spec and see every number change.
+
+    With SPEC, the page edits that file and saves it back; nothing else on disk is served.
+    """
+    with _extra("serve"):
+        from convcalc.serve import LOOPBACK_NAMES, create_app, is_loopback, listen, run
+
+    if spec is not None and not Path(spec).is_file():
+        raise ConvCalcError(f"{spec}: no such file")
+    loopback = is_loopback(host)
+    app = create_app(
+        None if spec is None else Path(spec),
+        allowed_hosts=[*LOOPBACK_NAMES, host] if loopback else None,
+    )
+    sock = listen(host, port)
+    bound = sock.getsockname()[1]
+    url = f"http://{f'[{host}]' if ':' in host and '[' not in host else host}:{bound}/"
+    if not loopback:
+        click.echo(
+            f"warning: {host} is not loopback: other machines can reach this page "
+            "and read and write the spec it serves",
+            err=True,
+        )
+    click.echo(f"convcalc serve: {url} (Ctrl+C stops)")
+    if open_page:
+        import webbrowser
+
+        webbrowser.open(url)  # the socket listens already: the browser waits for the page
+    run(app, sock)
+
+
+@cli.command()
 @_spec_argument
 @click.option(
     "--range",
