@@ -592,6 +592,8 @@
       openFile(event.dataTransfer.files[0]);
     });
     document.addEventListener("keydown", (event) => {
+      // in the editor, its own Mod-s binding has saved already (and prevented the default)
+      if (event.defaultPrevented) return;
       if ((event.ctrlKey || event.metaKey) && event.key === "s") {
         event.preventDefault();
         save();
