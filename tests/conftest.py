@@ -76,3 +76,30 @@ def torchvision_models():
 
 
 _KEEP: list[object] = []
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def headless_chromium(profile: Path, accept_prompts: bool = False):
+    """Debian's headless Chromium under Selenium (never Selenium Manager, which would go
+    to the internet), or a skip when it is not installed; the caller quits it."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip(
+            "Debian's chromium and chromium-driver are not installed (.ci/run installs them)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--window-size=1400,900", f"--user-data-dir={profile}",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    if accept_prompts:
+        options.unhandled_prompt_behavior = "accept"  # "leave the page with unsaved edits?"
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)

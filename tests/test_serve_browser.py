@@ -21,9 +21,8 @@ from click.testing import CliRunner
 import convcalc
 from convcalc.cli import cli
 
-from .conftest import ROOT, SPECS_DIR
+from .conftest import ROOT, SPECS_DIR, headless_chromium
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 MNIST_TEXT = (SPECS_DIR / "mnist_cnn.yaml").read_text(encoding="utf-8")
 CONV1 = "name: conv1, out_channels: 32, kernel_size: 3,"
 TIMEOUT = 10  # seconds any one wait may take
@@ -63,25 +62,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip(
-            "Debian's chromium and chromium-driver are not installed (.ci/run installs them)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--window-size=1400,900",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    options.unhandled_prompt_behavior = "accept"  # "leave the page with unsaved edits?"
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver = headless_chromium(tmp_path_factory.mktemp("chromium"), accept_prompts=True)
     yield driver
     driver.quit()
 

@@ -223,7 +223,10 @@ def test_example_specs_save_what_torch_saves(name, overrides):
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(stage(), min_size=1, max_size=4), st.integers(1, 2))
-def test_random_networks_save_what_torch_saves(stages, batch_size):
+def test_random_networks_save_and_peak_as_torch(stages, batch_size):
+    """What autograd saves in training, and the live activations' peak in inference."""
+    from tests.test_fit import torch_peak_inference
+
     spec = {"input": [3, 16, 16], "batch_size": batch_size, "layers": stages}
     note(f"spec={spec}")
     try:
@@ -231,6 +234,7 @@ def test_random_networks_save_what_torch_saves(stages, batch_size):
     except convcalc.ShapeError:
         return
     assert report.totals.saved_bytes == torch_saved_bytes(spec)
+    assert report.totals.peak_inference_bytes == torch_peak_inference(spec)
 
 
 @settings(max_examples=300, deadline=None)
