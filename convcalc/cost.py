@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from convcalc.devices import DeviceProfile, device_profile
@@ -90,12 +91,19 @@ class Estimate:
 
     def block_seconds(self, row: LayerRow) -> float:
         """A block row's time: the sum of its layers' and its join's."""
-        prefix = row.path + "."
-        return sum(
-            layer.seconds
-            for layer in self.layers
-            if layer.path == row.path or layer.path.startswith(prefix)
-        )
+        return self._path_seconds.get(row.path, 0.0)
+
+    @cached_property
+    def _path_seconds(self) -> dict[str, float]:
+        """Seconds under every path: each entry's, added to its path and every prefix of it
+        (one pass, so that a table of block rows is not quadratic in the layers)."""
+        sums: dict[str, float] = {}
+        for layer in self.layers:
+            parts = layer.path.split(".")
+            for end in range(1, len(parts) + 1):
+                key = ".".join(parts[:end])
+                sums[key] = sums.get(key, 0.0) + layer.seconds
+        return sums
 
     def to_dict(self) -> dict[str, Any]:
         bound = {"compute": 0.0, "memory": 0.0, "overhead": 0.0}
