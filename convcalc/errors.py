@@ -47,7 +47,13 @@ class ConvCalcError(Exception):
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a spec, located as precisely as we can."""
+    """One thing wrong with a spec, located as precisely as we can.
+
+    >>> str(Problem("kernel too big", "net.yaml", 4, "layers.1", "conv"))
+    'net.yaml:4: layers.1 (conv): kernel too big'
+    >>> str(Problem("kernel too big", "", 4))
+    'line 4: kernel too big'
+    """
 
     message: str
     source: str | None = None
@@ -56,9 +62,12 @@ class Problem:
     layer_name: str | None = None
 
     def __str__(self) -> str:
-        where = self.source or "<spec>"
-        if self.line is not None:
-            where += f":{self.line}"
+        if self.source == "":  # text with no name (the playground's editor): "line 4"
+            where = "spec" if self.line is None else f"line {self.line}"
+        else:
+            where = self.source or "<spec>"
+            if self.line is not None:
+                where += f":{self.line}"
         if self.path:
             name = self.layer_name
             layer = self.path if not name else f"{self.path} ({_cut(name, MAX_NAME_SHOWN)})"

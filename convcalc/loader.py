@@ -358,8 +358,11 @@ def _looks_like_path(text: str) -> bool:
     return "\n" not in text and (text.endswith((".yaml", ".yml", ".json")) or os.path.exists(text))
 
 
-def load_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | Network) -> Network:
+def load_spec(
+    spec: str | os.PathLike[str] | Mapping[str, Any] | Network, *, source: str = "<string>"
+) -> Network:
     """Load and validate a spec from a file path, YAML text, a dict or a ``Network``.
+    Errors in YAML text name it ``source`` (``""``: by its line alone, ``line 4: ...``).
 
     >>> layers = ["flatten", {"type": "Linear", "out_features": 10}]
     >>> net = load_spec({"input": [1, 28, 28], "layers": layers})
@@ -374,7 +377,7 @@ def load_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | Network) -> Net
         source = str(spec)
         text = _read(Path(spec), source)
     else:
-        text, source = spec, "<string>"
+        text = spec
     data = parse_yaml(text, source)
     if data is None:
         raise SpecSyntaxError(

@@ -6,8 +6,9 @@ Routes (every ``/api`` answer is JSON, errors too: ``{"message": one sentence}``
 
     GET  /                      the page (static/index.html)
     GET  /static/{path}         files inside the package's static directory, nothing else
-    POST /api/analyze           {"spec", "explain"?, "picture"?, "depth"?} -> report, table,
-                                warnings, svg, picture_error; 422 with the spec's errors
+    POST /api/analyze           {"spec", "explain"?, "picture"?, "depth"?, "table"?} ->
+                                report, warnings, svg, picture_error, table (the text
+                                table, when asked); 422 with the spec's errors
     POST /api/compare           {"a", "b", "depth"?} -> comparison, table
     POST /api/export            {"spec", "format"} -> the file, as an attachment
     GET  /api/examples          [{"name", "title"}] for the repository's specs/*.yaml
@@ -18,6 +19,10 @@ Routes (every ``/api`` answer is JSON, errors too: ``{"message": one sentence}``
 
 Spec text from a request is only ever parsed as YAML, never read as a file path; the
 only file a request can read or write is the one named on the command line.
+
+An analysis depends on nothing but the request, so the last ``CACHED_ANALYSES`` answers
+are kept (as JSON bytes): a spec sent again (undo, a second tab, a reloaded link) is
+answered without analysing it again.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import stat
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from functools import wraps
+from functools import lru_cache, wraps
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +65,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"  # the repository's, if any
 MAX_BODY_BYTES = 1024 * 1024  # a request body; specs are a few kilobytes
 MAX_ERRORS = 100  # problems a 422 lists
+CACHED_ANALYSES = 64  # answers of /api/analyze kept; at most 64 x ~1 MiB
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 EXPORTS = {  # format: (suffix, content type)
     "json": (".json", "application/json"),
@@ -166,7 +172,7 @@ def _depth(data: dict[str, Any]) -> int | None:
 def _network(text: str) -> Network:
     """The spec in ``text``. load_spec reads a one-line string naming a file as that file;
     text from a request is YAML, always: with a newline it is never taken for a path."""
-    return load_spec(text if "\n" in text else text + "\n")
+    return load_spec(text if "\n" in text else text + "\n", source="")
 
 
 # -- analysis ------------------------------------------------------------------------------
@@ -186,12 +192,14 @@ def _picture(report: Report, depth: int | None) -> tuple[str | None, str | None]
         return None, f"the picture could not be drawn ({type(error).__name__})"
 
 
-def _analysis(text: str, explain: bool, picture: bool, depth: int | None) -> dict[str, Any]:
+@lru_cache(maxsize=CACHED_ANALYSES)
+def _analysis(text: str, explain: bool, picture: bool, depth: int | None, table: bool) -> bytes:
+    """The answer to /api/analyze, as JSON (errors are raised, never kept)."""
     report = analyze(_network(text), explain=explain)
     svg, picture_error = _picture(report, depth) if picture else (None, None)
-    return {
+    body = {
         "report": report.to_dict(),
-        "table": report.render("table", explain=explain),
+        "table": report.render("table", explain=explain) if table else None,
         "warnings": [
             {"path": warning.path, "message": warning.message, "line": warning.line}
             for warning in report.warnings
@@ -199,6 +207,7 @@ def _analysis(text: str, explain: bool, picture: bool, depth: int | None) -> dic
         "svg": svg,
         "picture_error": picture_error,
     }
+    return bytes(JSONResponse(body).body)
 
 
 @_api
@@ -206,7 +215,9 @@ async def analyze_endpoint(request: Request) -> Response:
     data = await _body(request)
     text, depth = _text(data, "spec"), _depth(data)
     explain, picture = _flag(data, "explain", False), _flag(data, "picture", True)
-    return JSONResponse(await run_in_threadpool(_analysis, text, explain, picture, depth))
+    table = _flag(data, "table", False)
+    body = await run_in_threadpool(_analysis, text, explain, picture, depth, table)
+    return Response(body, media_type="application/json")
 
 
 def _comparison(a: str, b: str, depth: int | None) -> Response:

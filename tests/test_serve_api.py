@@ -20,6 +20,7 @@ import convcalc
 import convcalc.serve as serve
 from convcalc.cli import cli
 from convcalc.export import export_pytorch
+from convcalc.loader import load_spec
 from convcalc.schema import spec_schema
 from convcalc.serve import LOOPBACK_NAMES, MAX_BODY_BYTES, create_app
 
@@ -60,7 +61,10 @@ def test_analyze_is_shape_format_json(client):
     body = response.json()
     assert set(body) == {"report", "table", "warnings", "svg", "picture_error"}
     assert body["report"] == json.loads(cli_run("shape", str(MNIST), "--format", "json").stdout)
-    assert body["table"] == cli_run("shape", str(MNIST)).stdout
+    assert body["table"] is None  # the text table only when asked
+    table = client.post("/api/analyze", json={"spec": MNIST_TEXT, "table": True}).json()
+    assert table["table"] == cli_run("shape", str(MNIST)).stdout
+    assert table["report"] == body["report"]
     assert body["warnings"] == []
     if HAS_DOT:
         assert body["svg"].startswith("<svg") and body["picture_error"] is None
@@ -69,7 +73,8 @@ def test_analyze_is_shape_format_json(client):
 
 
 def test_analyze_explain_is_shape_explain(client):
-    body = client.post("/api/analyze", json={"spec": MNIST_TEXT, "explain": True}).json()
+    request = {"spec": MNIST_TEXT, "explain": True, "table": True}
+    body = client.post("/api/analyze", json=request).json()
     assert body["table"] == cli_run("shape", str(MNIST), "--explain").stdout
     assert "⌊" in body["table"]
 
@@ -99,6 +104,26 @@ def test_errors_name_the_line_the_cli_names(client, tmp_path):
     assert error["line"] == cli_line == 4
     assert error["path"] == "layers.1"
     assert error["message"] in result.stderr and error["message"] in body["message"]
+    assert body["message"].startswith(
+        "line 4: layers.1: output size"
+    )  # the editor's text has no name
+
+
+def test_an_analysis_sent_again_is_answered_from_the_cache(client, monkeypatch):
+    calls = []
+    analyze = serve.analyze
+    monkeypatch.setattr(serve, "analyze", lambda *a, **k: calls.append(1) or analyze(*a, **k))
+    text = MNIST_TEXT + "# asked twice\n"  # not in the cache from other tests
+    first = client.post("/api/analyze", json={"spec": text, "picture": False})
+    second = client.post("/api/analyze", json={"spec": text, "picture": False})
+    assert first.status_code == second.status_code == 200
+    assert first.content == second.content and len(calls) == 1
+    client.post("/api/analyze", json={"spec": text, "picture": False, "explain": True})
+    assert len(calls) == 2  # another question, another analysis
+    bad = TOO_SMALL + "# asked twice\n"
+    for _ in range(2):  # errors are never kept
+        assert client.post("/api/analyze", json={"spec": bad}).status_code == 422
+    assert len(calls) == 4
 
 
 @pytest.mark.parametrize(
@@ -175,10 +200,11 @@ def test_an_unexpected_failure_is_500_and_the_server_goes_on(monkeypatch):
 
     monkeypatch.setattr(serve, "analyze", failing_once)
     client = TestClient(create_app(), raise_server_exceptions=False)
-    response = client.post("/api/analyze", json={"spec": MNIST_TEXT, "picture": False})
+    text = MNIST_TEXT + "# fails once\n"  # not answered from the cache
+    response = client.post("/api/analyze", json={"spec": text, "picture": False})
     assert response.status_code == 500
     assert response.json() == {"message": "the server failed on this request (RuntimeError)"}
-    response = client.post("/api/analyze", json={"spec": MNIST_TEXT, "picture": False})
+    response = client.post("/api/analyze", json={"spec": text, "picture": False})
     assert response.status_code == 200
 
 
@@ -420,7 +446,8 @@ def test_export(client, format, media_type, suffix):
     elif format in ("csv", "markdown"):
         assert response.text == cli_run("shape", str(MNIST), "--format", format).stdout
     elif format == "pytorch":
-        assert response.text == export_pytorch(MNIST_TEXT)
+        assert response.text == export_pytorch(load_spec(MNIST_TEXT, source=""))
+        assert "from <string>" not in response.text  # the editor's text has no file name
     else:
         assert response.text.startswith("<svg")
 
@@ -481,6 +508,25 @@ def test_serving_beyond_loopback_warns(monkeypatch):
     assert re.match(r"convcalc serve: http://0\.0\.0\.0:\d+/", result.stdout)
     result = cli_run("serve")
     assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_open_shows_the_printed_url_once_the_port_listens(monkeypatch):
+    import webbrowser
+
+    opened = []
+
+    def fake_open(url):  # the browser's first request must find the socket listening
+        port = int(re.fullmatch(r"http://127\.0\.0\.1:(\d+)/", url).group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            opened.append(url)
+        return True
+
+    monkeypatch.setattr(webbrowser, "open", fake_open)
+    monkeypatch.setattr(serve, "run", lambda app, sock: sock.close())
+    result = cli_run("serve", "--port", "0", "--open")
+    assert result.exit_code == 0, result.output
+    assert opened == [result.stdout.split()[2]]
+    assert cli_run("serve", "--port", "0").exit_code == 0 and len(opened) == 1
 
 
 def test_serving_a_missing_file_is_an_error(tmp_path):

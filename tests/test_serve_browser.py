@@ -20,6 +20,9 @@ from click.testing import CliRunner
 
 import convcalc
 from convcalc.cli import cli
+from convcalc.draw import svg_picture
+from convcalc.export import export_pytorch
+from convcalc.loader import load_spec
 
 from .conftest import ROOT, SPECS_DIR, headless_chromium
 
@@ -306,25 +309,120 @@ def test_an_example_from_the_menu_replaces_the_spec(page):
     assert page.find_element("id", "summary").text.startswith(f"{report.name}:")
 
 
-def test_download_json_is_shape_format_json(page, served):
-    _, spec = served
-    folder = spec.parent.parent / "downloads"
+def download_as(page, format: str, folder: Path, name: str) -> str:
+    """Choose ``format`` in the Download menu; the text of the file the browser saves."""
+    from selenium.webdriver.support.ui import Select
+
     folder.mkdir(exist_ok=True)
     page.execute_cdp_cmd(
         "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(folder)}
     )
-    from selenium.webdriver.support.ui import Select
-
-    Select(page.find_element("id", "download")).select_by_value("json")
-    target = folder / "mnist_cnn.json"
+    Select(page.find_element("id", "download")).select_by_value(format)
+    target = folder / name
     wait_for(page, lambda d: target.is_file() and target.stat().st_size > 0, "no download")
     wait_for(page, lambda d: not list(folder.glob("*.crdownload")), "download did not finish")
-    result = CliRunner().invoke(cli, ["shape", "--format", "json", str(spec)])
-    assert result.exit_code == 0, result.output
-    downloaded = target.read_text(encoding="utf-8")
-    assert json.loads(downloaded) == json.loads(result.output)
-    assert downloaded.strip() == result.output.strip()
     assert page.find_element("id", "download").get_attribute("value") == ""
+    assert [path.name for path in folder.iterdir()] == [name]
+    return target.read_text(encoding="utf-8")
+
+
+def cli_output(*args: str) -> str:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_download_json_is_shape_format_json(page, served, tmp_path):
+    _, spec = served
+    downloaded = download_as(page, "json", tmp_path / "json", "mnist_cnn.json")
+    expected = cli_output("shape", "--format", "json", str(spec))
+    assert json.loads(downloaded) == json.loads(expected)
+    assert downloaded.strip() == expected.strip()
+
+
+@pytest.mark.parametrize("format, suffix", [("csv", "csv"), ("markdown", "md")])
+def test_download_tables_are_shape_formats(page, served, tmp_path, format, suffix):
+    _, spec = served
+    downloaded = download_as(page, format, tmp_path / format, f"mnist_cnn.{suffix}")
+    assert downloaded == cli_output("shape", "--format", format, str(spec))
+
+
+def test_download_spec_pytorch_and_svg(page, tmp_path):
+    edited = MNIST_TEXT.replace("out_channels: 64", "out_channels: 48")
+    before = generation(page)
+    set_doc(page, edited)  # unsaved: every download is of the editor's text
+    assert wait_settled(page, before) == "ok"
+    assert download_as(page, "spec", tmp_path / "spec", "mnist_cnn.yaml") == edited
+    code = download_as(page, "pytorch", tmp_path / "py", "mnist_cnn.py")
+    assert code == export_pytorch(load_spec(edited, source=""))
+    namespace: dict = {}
+    exec(compile(code, "mnist_cnn.py", "exec"), namespace)  # the file runs as it is
+    if shutil.which("dot"):
+        svg = download_as(page, "svg", tmp_path / "svg", "mnist_cnn.svg")
+        assert svg == svg_picture(load_spec(edited), convcalc.analyze(edited))
+        assert "48" in svg
+
+
+def click_row(page, path: str) -> None:
+    page.find_element("css selector", f'tr[data-test=layer-row][data-path="{path}"]').click()
+
+
+def test_clicking_a_row_shows_its_formulas(page, tmp_path):
+    report = convcalc.analyze(MNIST_TEXT, explain=True)
+    lines = page.find_element("id", "explanation-lines")
+    for row in report.rows[:4]:
+        page.find_element(
+            "css selector", f'tr[data-test=layer-row][data-path="{row.path}"]'
+        ).click()
+        wait_for(page, lambda d, path=row.path: lines.get_attribute("data-path") == path, "")
+        if row.explanation:
+            assert lines.text.splitlines() == list(row.explanation)
+        else:
+            assert lines.text.startswith("No formulas for this layer")
+    conv = next(row for row in report.rows if row.type == "conv2d")
+    click_row(page, conv.path)
+    wait_for(page, lambda d: lines.get_attribute("data-path") == conv.path, "no formulas shown")
+    assert "⌊" in lines.text and "params" in lines.text.lower()
+    screenshot(page, tmp_path / "serve_formulas.png")
+    # the selection survives an edit, and the formulas follow it
+    edited = MNIST_TEXT.replace(CONV1, CONV1.replace("3,", "5,"), 1)
+    before = generation(page)
+    set_doc(page, edited)
+    assert wait_settled(page, before) == "ok"
+    changed = next(
+        row for row in convcalc.analyze(edited, explain=True).rows if row.path == conv.path
+    )
+    assert lines.get_attribute("data-path") == conv.path
+    assert lines.text.splitlines() == list(changed.explanation) != list(conv.explanation)
+
+
+def test_open_a_file_with_the_picker(page, tmp_path):
+    lenet = (SPECS_DIR / "lenet5.yaml").read_text(encoding="utf-8")
+    chosen = tmp_path / "chosen.yaml"
+    chosen.write_text(lenet, encoding="utf-8")
+    before = generation(page)
+    page.find_element("id", "open-file").send_keys(str(chosen))  # the input the button opens
+    wait_for(page, lambda d: doc(d) == lenet, "the chosen file did not open")
+    assert wait_settled(page, before) == "ok"
+    rows = page.find_elements("css selector", "tr[data-test=layer-row]")
+    assert len(rows) == len(convcalc.analyze(lenet).rows)
+
+
+def test_drop_a_file_on_the_editor(page):
+    lenet = (SPECS_DIR / "lenet5.yaml").read_text(encoding="utf-8")
+    before = generation(page)
+    page.execute_script(  # what the browser sends when a file is dropped on the pane
+        "const data = new DataTransfer();"
+        "data.items.add(new File([arguments[0]], 'dropped.yaml', {type: 'text/yaml'}));"
+        "const pane = document.getElementById('editor-pane');"
+        "pane.dispatchEvent(new DragEvent('dragover', {dataTransfer: data, bubbles: true,"
+        "  cancelable: true}));"
+        "pane.dispatchEvent(new DragEvent('drop', {dataTransfer: data, bubbles: true,"
+        "  cancelable: true}));",
+        lenet,
+    )
+    wait_for(page, lambda d: doc(d) == lenet, "the dropped file did not open")
+    assert wait_settled(page, before) == "ok"
 
 
 def test_the_share_link_restores_the_spec_exactly(page, served):
