@@ -46,6 +46,7 @@ _LAZY = {
     "device_profile": "convcalc.devices",
     "FitReport": "convcalc.fitting",
     "fit": "convcalc.fitting",
+    "from_onnx": "convcalc.onnx_import",  # onnx itself is imported by the call
 }
 
 
@@ -116,6 +117,7 @@ __all__ = [
     "device_profile",
     "estimate",
     "fit",
+    "from_onnx",
     "from_torch",
     "load_spec",
     "profile",

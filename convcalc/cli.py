@@ -657,24 +657,102 @@ def import_torch_command(
     _emit(dump_spec(imported.network, header), output)
 
 
+@cli.command(name="import-onnx")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option(
+    "--input",
+    "input_shape",
+    type=_ShapeParam(),
+    help="One sample, e.g. 3,224,224 [default: the model's declared input shape].",
+)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the spec here.")
+@click.option("--name", help="The spec's name [default: the graph's name].")
+def import_onnx_command(
+    model: str, input_shape: tuple[int, ...] | None, output: str | None, name: str | None
+) -> None:
+    """Turn an ONNX model file into a spec (reads it with onnx alone, no torch)."""
+
+    from convcalc.loader import dump_spec
+
+    with _extra("onnx"):
+        from convcalc.onnx_import import import_onnx
+
+        imported = import_onnx(model, input_shape=input_shape, name=name)
+    shape = next(iter(imported.network.input_shapes.values()))
+    header = f"Imported by convcalc from {Path(model).name} (ONNX), input {list(shape)}."
+    for note in imported.notes:
+        click.echo(f"note: {note}", err=True)
+    _emit(dump_spec(imported.network, header), output)
+
+
 @cli.command(name="export")
 @_spec_argument
 @click.option(
     "--to",
     "target",
-    type=click.Choice(["pytorch"]),
+    type=click.Choice(["pytorch", "onnx"]),
     default="pytorch",
     show_default=True,
-    help="What to write.",
+    help="pytorch: a module's source code; onnx: a model file for ONNX runtimes.",
 )
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the code here.")
-@click.option("--class-name", help="The module's class name [default: from the spec's name].")
-def export_command(spec: str, target: str, output: str | None, class_name: str | None) -> None:
-    """Write the spec as a standalone PyTorch module file (it imports only torch)."""
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    help="Write it here [default: pytorch to standard output; onnx to the spec file's "
+    "name with .onnx, in the current folder].",
+)
+@click.option(
+    "--class-name", help="pytorch: the module's class name [default: from the spec's name]."
+)
+@click.option("--opset", type=int, help="onnx: the ai.onnx opset, 18 or later [default: torch's].")
+@click.option(
+    "--dynamic-batch", is_flag=True, help="onnx: the batch dimension is a symbol, 'batch'."
+)
+@click.option(
+    "--keep-batchnorm",
+    is_flag=True,
+    help="onnx: keep BatchNormalization nodes [default: folded into the conv before them].",
+)
+def export_command(
+    spec: str,
+    target: str,
+    output: str | None,
+    class_name: str | None,
+    opset: int | None,
+    dynamic_batch: bool,
+    keep_batchnorm: bool,
+) -> None:
+    """Write the spec as a standalone PyTorch module file (it imports only torch), or as
+    an ONNX model file (with random weights, drawn from a fixed seed)."""
+    onnx_only = {
+        "--opset": opset is not None,
+        "--dynamic-batch": dynamic_batch,
+        "--keep-batchnorm": keep_batchnorm,
+    }
+    if target == "pytorch":
+        misplaced = [flag for flag, given in onnx_only.items() if given]
+        if misplaced:
+            raise click.UsageError(f"{misplaced[0]} is for --to onnx")
+        from convcalc.export import export_pytorch
 
-    from convcalc.export import export_pytorch
+        _emit(export_pytorch(spec, class_name), output)
+        return
+    if class_name is not None:
+        raise click.UsageError("--class-name is for --to pytorch")
+    if output == "-":
+        raise ConvCalcError("an ONNX model is binary: give a file name with -o, not '-'")
+    with _extra("onnx"):
+        from convcalc.onnx_export import export_onnx
 
-    _emit(export_pytorch(spec, class_name), output)
+        written = export_onnx(
+            spec,
+            output or f"{Path(spec).stem}.onnx",
+            opset=opset,
+            dynamic_batch=dynamic_batch,
+            fold_batchnorm=not keep_batchnorm,
+        )
+    click.echo(f"wrote {' and '.join(str(path) for path in written)}", err=True)
 
 
 @cli.command()

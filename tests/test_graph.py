@@ -546,6 +546,27 @@ def test_a_dumped_graph_loads_back_as_the_same_network():
         assert convcalc.analyze(Network.model_validate(dumped)).totals == expected
 
 
+def test_fields_holding_lists_dump_as_lists():
+    """``kernel_size: [3, 5]`` or ``dim: [2, 3]`` (a tuple in an ``int | tuple`` field)
+    dumps without pydantic's serializer warning (an error under pytest) and loads back."""
+    from convcalc.loader import dump_spec
+    from convcalc.training import _spec_text
+
+    text = (
+        "input: [3, 16, 16]\nlayers:\n"
+        "  - {type: conv2d, out_channels: 4, kernel_size: [3, 5], stride: [1, 2]}\n"
+        "  - {type: mean, dim: [2, 3], keepdim: true}\n"
+        "  - {type: permute, order: [0, 2, 3, 1]}\n"
+    )
+    network = convcalc.load_spec(text)
+    dumped = dump_spec(network)
+    assert "kernel_size: [3, 5]" in dumped and "dim: [2, 3]" in dumped
+    again = convcalc.analyze(dumped)
+    assert again.totals == convcalc.analyze(network).totals
+    assert [row.output_shape for row in again.rows] == [(1, 4, 14, 6), (1, 4, 1, 1), (1, 1, 1, 4)]
+    assert convcalc.analyze(_spec_text(network, network)).totals == again.totals
+
+
 @pytest.mark.parametrize("name", SPECS)
 def test_graph_training_memory_is_what_torch_saves(name):
     """Activations kept for backward through merges: mul keeps each operand whose partner

@@ -172,6 +172,7 @@ def test_loading_the_spec_never_imports_torch():
         f"convcalc.analyze({str(SPECS_DIR / 'resnet50.yaml')!r}).render('table')\n"
         "from convcalc.cli import cli\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'onnx' not in sys.modules, 'onnx was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -210,6 +211,7 @@ def test_public_api():
             "analyze",
             "build_module",
             "compare",
+            "from_onnx",
             "from_torch",
             "load_spec",
             "calibrate",
