@@ -7,6 +7,12 @@ The two files are torchvision's models (random weights) exported here with torch
 exporter (`torch.onnx.export(..., dynamo=True)`), into a temporary folder. Also timed,
 once: `convcalc export specs/resnet50.yaml --to onnx`, the other direction.
 
+Then every bad file of the issue through `convcalc import-onnx` (targets: one sentence
+naming the file, exit 1, under 1 s, bounded memory): text, random bytes, an empty file, a
+truncated and a corrupted ResNet-50, an external-data model without its data file, a
+symbolic input without `--input`, an op outside the supported set, two inputs of unknown
+shape, weights declared at 10**12 elements without data, a directory, a missing file.
+
     python benchmarks/bench_onnx.py [--runs 9]
 """
 
@@ -86,6 +92,90 @@ def export_files(folder: Path) -> dict[str, Path]:
         print(f"exported {name} with torch.onnx.export: {elapsed:5.1f} s, {size:5.1f} MiB")
         files[name] = path
     return files
+
+
+def bad_files(folder: Path, resnet: Path) -> dict[str, tuple[Path, list[str]]]:
+    """Bad inputs written into ``folder``: name -> (path, extra arguments)."""
+    import random
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    def save(name: str, nodes: list, inputs: list, initializers: list | tuple = ()) -> Path:
+        graph = helper.make_graph(
+            nodes,
+            name,
+            inputs,
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            list(initializers),
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        path = folder / f"{name}.onnx"
+        onnx.save(model, str(path))
+        return path
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    symbolic = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 3, "H", "W"]) for n in "xz"
+    ]
+    raw = resnet.read_bytes()
+    files: dict[str, tuple[Path, list[str]]] = {}
+    for name, data in {
+        "a YAML spec named .onnx": b"input: [3, 8, 8]\nlayers: [relu]\n",
+        "random bytes, 20 MB": random.Random(15).randbytes(20_000_000),
+        "an empty file": b"",
+        "ResNet-50 cut in half": raw[: len(raw) // 2],
+        "ResNet-50 with 1 KB overwritten mid-file": raw[: len(raw) // 3]
+        + random.Random(3).randbytes(1024)
+        + raw[len(raw) // 3 + 1024 :],
+    }.items():
+        path = folder / f"bad{len(files)}.onnx"
+        path.write_bytes(data)
+        files[name] = (path, [])
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [8, 3, 3, 3], vals=[])
+    weight.data_location = TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value="missing.bin")
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="/conv/Conv")
+    files["external data file missing"] = (save("external", [conv], [x], [weight]), [])
+    relu = helper.make_node("Relu", ["x"], ["y"], name="/relu/Relu")
+    files["symbolic input, no --input"] = (save("symbolic", [relu], symbolic[:1]), [])
+    erf = helper.make_node("Erf", ["x"], ["y"], name="/mlp/Erf")
+    files["an op outside the set (Erf)"] = (save("erf", [erf], [x]), [])
+    add = helper.make_node("Add", ["x", "z"], ["y"], name="/add/Add")
+    files["two inputs of unknown shape"] = (save("two", [add], symbolic), [])
+    huge = helper.make_tensor("w", TensorProto.FLOAT, [1_000_000, 1_000_000], vals=[])
+    matmul = helper.make_node("MatMul", ["x", "w"], ["y"], name="/fc/MatMul")
+    flat = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1_000_000])
+    files["weights of 10**12 elements, no data"] = (save("huge", [matmul], [flat], [huge]), [])
+    (folder / "a-directory.onnx").mkdir()
+    files["a directory"] = (folder / "a-directory.onnx", [])
+    files["a missing file"] = (folder / "no-such-model.onnx", [])
+    return files
+
+
+def bad_inputs(convcalc: str, folder: Path, resnet: Path) -> None:
+    """Each bad file once through import-onnx: wall, peak, exit code, the message."""
+    print(f"\n{'bad input':<44} {'wall':>7} {'peak':>10} exit  message")
+    worst = [0.0, 0.0]
+    for label, (path, extra) in bad_files(folder, resnet).items():
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            [convcalc, "import-onnx", str(path), "-o", os.devnull, *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=ENVIRONMENT,
+        )
+        assert process.stderr is not None
+        message = process.stderr.read().decode(errors="replace")
+        _, status, usage = os.wait4(process.pid, 0)
+        wall, peak = time.perf_counter() - start, usage.ru_maxrss / 1024
+        code = os.waitstatus_to_exitcode(status)
+        worst = [max(worst[0], wall), max(worst[1], peak)]
+        lines = message.strip().splitlines()
+        shown = (lines[0] if lines else "(none)").replace(str(folder) + os.sep, "")
+        flag = "" if code == 1 and len(lines) == 1 and wall < 1 else "  <-"
+        print(f"{label:<44} {wall:5.2f} s {peak:6.1f} MiB {code:4}  {shown[:110]}{flag}")
+    print(f"max: {worst[0]:.2f} s, {worst[1]:.1f} MiB (targets: exit 1, one line, < 1 s)")
 
 
 def run_process(command: list[str], cwd: Path | None = None) -> tuple[float, float]:
@@ -185,7 +275,8 @@ def main() -> None:
                 "-o", os.devnull,
             ]  # fmt: skip
         measure(commands, runs, folder)
-    print(f"\ntarget: import-onnx under {TARGET_SECONDS} s wall (issue 15)")
+        print(f"\ntarget: import-onnx under {TARGET_SECONDS} s wall (issue 15)")
+        bad_inputs(convcalc, folder, files["resnet50"])
 
 
 if __name__ == "__main__":

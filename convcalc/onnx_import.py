@@ -38,6 +38,7 @@ from typing import Any
 
 from convcalc.analysis import analyze
 from convcalc.errors import ModelImportError
+from convcalc.layers import reshape_layer
 from convcalc.loader import build_network
 from convcalc.spec import LAYER_TYPES, Network
 
@@ -1295,7 +1296,7 @@ class _Importer:
             return
         x = self.x(node)
         after = self.shape_of(node, node.output[0])
-        layer = _reshape_layer(x.shape, after)
+        layer = reshape_layer(x.shape, after, first=1)
         if layer is None and len(after) == 1 and self._gathered_view(node, x):
             return
         if layer is None:
@@ -1339,7 +1340,7 @@ class _Importer:
             return False
         self.absorbed.add(id(gather))
         out, permuted = gather.output[0], tuple(moved.shape)
-        reshaped = _reshape_layer(permuted, shape)
+        reshaped = reshape_layer(permuted, shape, first=1)
         if list(order) != sorted(order):
             permute = {"type": "permute", "order": [0, *order]}
             if reshaped is None:
@@ -1501,34 +1502,6 @@ def _attributes(node: Any) -> dict[str, Any]:
             value = value.decode()
         values[attribute.name] = value
     return values
-
-
-def _reshape_layer(before: tuple[int, ...], after: tuple[int, ...]) -> dict[str, Any] | None:
-    """The flatten or unflatten that turns ``before`` into ``after`` (None: no change, or
-    neither does)."""
-    if before == after:
-        return None
-    merged = len(before) - len(after)
-    if merged > 0:
-        for start in range(1, len(after)):
-            end = start + merged
-            if (
-                before[:start] == after[:start]
-                and math.prod(before[start : end + 1]) == after[start]
-                and before[end + 1 :] == after[start + 1 :]
-            ):
-                return {"type": "flatten", "start_dim": start, "end_dim": end - len(before)}
-    elif merged < 0:
-        k = 1 - merged
-        for dim in range(1, len(before)):
-            sizes = after[dim : dim + k]
-            if (
-                before[:dim] == after[:dim]
-                and math.prod(sizes) == before[dim]
-                and before[dim + 1 :] == after[dim + k :]
-            ):
-                return {"type": "unflatten", "dim": dim, "unflattened_size": list(sizes)}
-    return None
 
 
 def _module_path(node: Any) -> str:

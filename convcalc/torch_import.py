@@ -25,7 +25,6 @@ import importlib
 import inspect
 import io
 import logging
-import math
 import re
 import types
 import warnings
@@ -37,7 +36,7 @@ from typing import Any
 
 from convcalc.analysis import analyze
 from convcalc.errors import ModelImportError
-from convcalc.layers import LEAF_CLASSES, Leaf
+from convcalc.layers import LEAF_CLASSES, Leaf, reshape_layer
 from convcalc.loader import build_network
 from convcalc.spec import LAYER_TYPES, Network
 from convcalc.torch_bridge import INFERRED_FIELDS, SPEC_ONLY_FIELDS, import_torch
@@ -828,29 +827,13 @@ class _Importer:
     ) -> dict[str, Any] | None:
         if before == after:
             return None
-        merged = len(before) - len(after)
-        if merged > 0:
-            for start in range(len(after)):
-                end = start + merged
-                if (
-                    before[:start] == after[:start]
-                    and math.prod(before[start : end + 1]) == after[start]
-                    and before[end + 1 :] == after[start + 1 :]
-                ):
-                    return {"type": "flatten", "start_dim": start, "end_dim": end - len(before)}
-        elif merged < 0:
-            k = 1 - merged
-            for dim in range(len(before)):
-                sizes = after[dim : dim + k]
-                if (
-                    before[:dim] == after[:dim]
-                    and math.prod(sizes) == before[dim]
-                    and before[dim + 1 :] == after[dim + k :]
-                ):
-                    return {"type": "unflatten", "dim": dim, "unflattened_size": list(sizes)}
-        raise self.unsupported(
-            node, f"a reshape of {list(before)} to {list(after)} that is no flatten or unflatten"
-        )
+        layer = reshape_layer(before, after)
+        if layer is None:
+            raise self.unsupported(
+                node,
+                f"a reshape of {list(before)} to {list(after)} that is no flatten or unflatten",
+            )
+        return layer
 
     def _pad(
         self, node: Any, base: str, args: dict[str, Any], shape: tuple[int, ...]
