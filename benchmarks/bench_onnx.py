@@ -125,14 +125,19 @@ def bad_files(folder: Path, resnet: Path) -> dict[str, tuple[Path, list[str]]]:
         "random bytes, 20 MB": random.Random(15).randbytes(20_000_000),
         "an empty file": b"",
         "ResNet-50 cut in half": raw[: len(raw) // 2],
-        "ResNet-50 with 1 KB overwritten mid-file": raw[: len(raw) // 3]
+        "ResNet-50 with its first 1 KB overwritten": raw[:16]
         + random.Random(3).randbytes(1024)
-        + raw[len(raw) // 3 + 1024 :],
+        + raw[1040:],
     }.items():
         path = folder / f"bad{len(files)}.onnx"
         path.write_bytes(data)
         files[name] = (path, [])
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [8, 3, 3, 3], vals=[])
+
+    def declared(name: str, dims: list[int]) -> onnx.TensorProto:
+        """A float initialiser with dimensions and no data."""
+        return onnx.TensorProto(name=name, data_type=TensorProto.FLOAT, dims=dims)
+
+    weight = declared("w", [8, 3, 3, 3])
     weight.data_location = TensorProto.EXTERNAL
     weight.external_data.add(key="location", value="missing.bin")
     conv = helper.make_node("Conv", ["x", "w"], ["y"], name="/conv/Conv")
@@ -143,7 +148,7 @@ def bad_files(folder: Path, resnet: Path) -> dict[str, tuple[Path, list[str]]]:
     files["an op outside the set (Erf)"] = (save("erf", [erf], [x]), [])
     add = helper.make_node("Add", ["x", "z"], ["y"], name="/add/Add")
     files["two inputs of unknown shape"] = (save("two", [add], symbolic), [])
-    huge = helper.make_tensor("w", TensorProto.FLOAT, [1_000_000, 1_000_000], vals=[])
+    huge = declared("w", [1_000_000, 1_000_000])
     matmul = helper.make_node("MatMul", ["x", "w"], ["y"], name="/fc/MatMul")
     flat = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1_000_000])
     files["weights of 10**12 elements, no data"] = (save("huge", [matmul], [flat], [huge]), [])

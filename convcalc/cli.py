@@ -658,7 +658,7 @@ def import_torch_command(
 
 
 @cli.command(name="import-onnx")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.option(
     "--input",
     "input_shape",

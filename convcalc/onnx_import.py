@@ -156,7 +156,27 @@ def _load(path_or_model: Any) -> tuple[Any, str, Path | None]:
             f"{source}: is not an ONNX model (no IR version or no graph nodes in it)"
         )
     _check_external_data(model, source, path.parent)
+    _check_data(model, source)
     return model, source, path.parent
+
+
+def _check_data(model: Any, source: str) -> None:
+    """Every initialiser stored in the file holds data for its elements (at least a byte
+    each, however encoded): dimensions alone, as a cut or hand-edited file has, are not
+    a model, and only the dimensions are read after this."""
+    import onnx
+
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        elements = math.prod(tensor.dims)
+        held = tensor.ByteSize()  # computed, not copied
+        if elements > held:
+            raise ModelImportError(
+                f"{source}: initialiser {tensor.name!r} declares {elements:,} elements "
+                f"({' × '.join(map(str, tensor.dims))}) but the file has {held:,} bytes for "
+                f"it: a cut or corrupt file"
+            )
 
 
 def _check_external_data(model: Any, source: str, base_dir: Path) -> None:

@@ -660,6 +660,42 @@ def test_import_onnx_of_a_bad_file_is_one_line(tmp_path, content):
     assert "Traceback" not in result.output
 
 
+def test_import_onnx_of_a_directory_or_a_missing_file_is_one_line(tmp_path):
+    for path, reason in ((tmp_path, "is not a file"), (tmp_path / "no.onnx", "cannot read")):
+        result = CliRunner().invoke(cli, ["import-onnx", str(path)])
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith(f"error: {path}: {reason}")
+        assert result.stderr.count("\n") == 1
+
+
+def _matmul_of(weight_tensor: onnx.TensorProto) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="/fc/MatMul")],
+        "fc",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, weight_tensor.dims[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [weight_tensor],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_weights_declared_without_their_data_are_refused(tmp_path):
+    """A 10**12-element weight with no data (a cut or hand-edited file) is refused in a
+    sentence, quickly and without allocating it; a real weight of the same kind is read."""
+    path = tmp_path / "huge.onnx"
+    empty = onnx.TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1_000_000, 1_000_000])
+    onnx.save(_matmul_of(empty), str(path))
+    start = time.perf_counter()
+    with pytest.raises(ModelImportError) as error:
+        from_onnx(path)
+    assert time.perf_counter() - start < 1.0
+    _one_sentence(
+        error, str(path), "'w' declares 1,000,000,000,000 elements", "the file has 13 bytes for it"
+    )
+    onnx.save(_matmul_of(weight("w", 16, 4)), str(path))
+    assert convcalc.analyze(from_onnx(path)).totals.params == 64
+
+
 def test_import_onnx_of_an_unsupported_op_is_one_line(tmp_path):
     path = tmp_path / "erf.onnx"
     graph = helper.make_graph(
