@@ -666,7 +666,7 @@ def import_torch_command(
     help="One sample, e.g. 3,224,224 [default: the model's declared input shape].",
 )
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the spec here.")
-@click.option("--name", help="The spec's name [default: the graph's name].")
+@click.option("--name", help="The spec's name [default: the file's name].")
 def import_onnx_command(
     model: str, input_shape: tuple[int, ...] | None, output: str | None, name: str | None
 ) -> None:
