@@ -10,7 +10,7 @@ import contextlib
 import math
 from typing import Annotated, Any
 
-from pydantic import PlainValidator, WithJsonSchema
+from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
 from convcalc.errors import shown
 
@@ -145,20 +145,30 @@ Probability = Annotated[
     PlainValidator(_probability),
     WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1}),
 ]
+# Written as JSON, a tuple is a list. Without this serializer pydantic writes the same
+# list but warns that a tuple in an ``int | tuple[int, ...]`` union matches neither.
+_AS_JSON = PlainSerializer(
+    lambda value: list(value) if isinstance(value, tuple) else value,
+    return_type=Any,
+    when_used="json",
+)
 PositiveIntOrInts = Annotated[
     int | tuple[int, ...],
     PlainValidator(_ints(1, "a positive integer")),
     WithJsonSchema(_ints_schema(1)),
+    _AS_JSON,
 ]
 NonNegativeIntOrInts = Annotated[
     int | tuple[int, ...],
     PlainValidator(_ints(0, "a non-negative integer")),
     WithJsonSchema(_ints_schema(0)),
+    _AS_JSON,
 ]
 SignedIntOrInts = Annotated[
     int | tuple[int, ...],
     PlainValidator(_ints(None, "an integer")),
     WithJsonSchema(_ints_schema(None)),
+    _AS_JSON,
 ]
 FloatOrFloats = Annotated[
     float | tuple[float, ...],
@@ -171,6 +181,7 @@ FloatOrFloats = Annotated[
             ]
         }
     ),
+    _AS_JSON,
 ]
 OutputSize = Annotated[
     int | tuple[int | None, ...],
@@ -188,11 +199,13 @@ OutputSize = Annotated[
             ]
         }
     ),
+    _AS_JSON,
 ]
 Padding = Annotated[
     int | tuple[int, ...] | str,
     PlainValidator(_padding),
     WithJsonSchema({"anyOf": [*_ints_schema(0)["anyOf"], {"enum": ["same", "valid"]}]}),
+    _AS_JSON,
 ]
 
 

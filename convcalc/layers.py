@@ -1891,43 +1891,6 @@ class Unflatten(Leaf):
         return SAME_STORAGE  # a view
 
 
-def reshape_layer(
-    before: tuple[int, ...], after: tuple[int, ...], first: int = 0
-) -> dict[str, Any] | None:
-    """The ``flatten`` or ``unflatten`` layer (as spec data) that turns ``before`` into
-    ``after`` without touching dimensions below ``first``; None when neither does (or
-    nothing changes). The importers write reshapes with it.
-
-    >>> reshape_layer((1, 64, 7, 7), (1, 3136))
-    {'type': 'flatten', 'start_dim': 1, 'end_dim': -1}
-    >>> reshape_layer((1, 768), (1, 768, 1, 1))
-    {'type': 'unflatten', 'dim': 1, 'unflattened_size': [768, 1, 1]}
-    """
-    if before == after:
-        return None
-    merged = len(before) - len(after)
-    if merged > 0:
-        for start in range(first, len(after)):
-            end = start + merged
-            if (
-                before[:start] == after[:start]
-                and math.prod(before[start : end + 1]) == after[start]
-                and before[end + 1 :] == after[start + 1 :]
-            ):
-                return {"type": "flatten", "start_dim": start, "end_dim": end - len(before)}
-    elif merged < 0:
-        k = 1 - merged
-        for dim in range(first, len(before)):
-            sizes = after[dim : dim + k]
-            if (
-                before[:dim] == after[:dim]
-                and math.prod(sizes) == before[dim]
-                and before[dim + 1 :] == after[dim + k :]
-            ):
-                return {"type": "unflatten", "dim": dim, "unflattened_size": list(sizes)}
-    return None
-
-
 class PixelShuffle(Leaf):
     """``nn.PixelShuffle``: [N, C·r², H, W] → [N, C, H·r, W·r]."""
 

@@ -335,9 +335,7 @@ _Dumper.add_representer(tuple, lambda dumper, data: _represent_list(dumper, list
 def dump_spec(network: Network, header: str = "") -> str:
     """The spec as YAML that loads back to the same network: fields at their default
     are left out, leaf layers take one line each. ``header`` is a leading comment."""
-    # warnings=False: pydantic warns (wrongly) that a tuple in an ``int | tuple[int, ...]``
-    # field is neither when it writes it as a JSON list; the list it writes is right
-    data = network.model_dump(mode="json", exclude_defaults=True, by_alias=True, warnings=False)
+    data = network.model_dump(mode="json", exclude_defaults=True, by_alias=True)
     data = {"name": network.name, **data, "layers": _tidy(data["layers"])}
     text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
     comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())

@@ -38,7 +38,7 @@ from typing import Any
 
 from convcalc.analysis import analyze
 from convcalc.errors import ModelImportError
-from convcalc.layers import reshape_layer
+from convcalc.importing import count, first_line, plain, reshape_layer, snake
 from convcalc.loader import build_network
 from convcalc.spec import LAYER_TYPES, Network
 
@@ -366,7 +366,7 @@ class _Importer:
         except Exception as error:
             raise ModelImportError(
                 f"{self.source}: onnx shape inference fails on the graph at these input shapes "
-                f"({_first_line(error)})"
+                f"({first_line(error)})"
             ) from None
         found: dict[str, tuple[int, ...]] = {}
         for info in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input):
@@ -436,12 +436,12 @@ class _Importer:
             report = analyze(network)
         except Exception as error:
             raise ModelImportError(
-                f"{self.source}: the spec imported from it does not analyse: {_first_line(error)}"
+                f"{self.source}: the spec imported from it does not analyse: {first_line(error)}"
             ) from None
         self._check(report)
         if self.padded:
             self.notes.append(
-                f"{_count(len(self.padded), 'convolution')} padded unevenly, each written as a "
+                f"{count(len(self.padded), 'convolution')} padded unevenly, each written as a "
                 f"zero-padding layer and the convolution (first: {self.padded[0]})"
             )
         return ImportedOnnx(network, self.notes)
@@ -572,7 +572,7 @@ class _Importer:
             raise
         except Exception as error:
             raise self.unsupported(
-                node, f"an op on constants convcalc cannot evaluate ({_first_line(error)})"
+                node, f"an op on constants convcalc cannot evaluate ({first_line(error)})"
             ) from None
         for key, result in zip(node.output, results):
             self.constants[key] = result
@@ -746,7 +746,7 @@ class _Importer:
         except Exception as error:
             raise ModelImportError(
                 f"{self.source}: node {node.op_type} {node.name or '(unnamed)'} maps to a "
-                f"{kind} layer that convcalc refuses: {_first_line(error)}"
+                f"{kind} layer that convcalc refuses: {first_line(error)}"
             ) from None
         self.layers.append(entry)
         self.last_output = None if kind in ("split", "chunk") else name
@@ -762,8 +762,8 @@ class _Importer:
     def layer_name(self, node: Any) -> str:
         path = _module_path(node)
         if path and node.op_type in _FUNCTIONAL:
-            return f"{path}.{_snake(node.op_type)}"
-        return path or _spec_name(node.name) or _snake(node.op_type)
+            return f"{path}.{snake(node.op_type)}"
+        return path or _spec_name(node.name) or snake(node.op_type)
 
     def _unique(self, name: str) -> str:
         candidate, k = name, 1
@@ -932,7 +932,7 @@ class _Importer:
         """The input, after a zero-padding layer when the padding is asymmetric; the
         padding the layer itself then takes."""
         if begins == ends:
-            return x, _plain(begins)
+            return x, plain(begins)
         torch_order = [p for b, e in zip(begins[::-1], ends[::-1]) for p in (b, e)]
         d = len(begins)
         shape = (*x.shape[:2], *(n + b + e for n, b, e in zip(x.shape[2:], begins, ends)))
@@ -940,7 +940,7 @@ class _Importer:
         entry: dict[str, Any] = {"type": f"zeropad{d}d", "name": name}
         if x.ref != self.last_output:
             entry["from"] = x.ref
-        entry["padding"] = _plain(torch_order)
+        entry["padding"] = plain(torch_order)
         self.layers.append(entry)
         self.last_output = name
         self.padded.append(node.name or name)
@@ -969,8 +969,8 @@ class _Importer:
         layer: dict[str, Any] = {
             "type": f"{'convtranspose' if transposed else 'conv'}{d}d",
             "out_channels": w[1] * groups if transposed else w[0],
-            "kernel_size": _plain(kernel),
-            "stride": _plain(strides),
+            "kernel_size": plain(kernel),
+            "stride": plain(strides),
         }
         if transposed:
             if "output_shape" in attrs or attrs.get("auto_pad", "NOTSET") not in (
@@ -980,15 +980,15 @@ class _Importer:
             pads = list(attrs.get("pads", [0] * (2 * d)))
             if pads[:d] != pads[d:]:
                 raise self.unsupported(node, f"a transposed convolution with padding {pads}")
-            layer["padding"] = _plain(pads[:d])
-            layer["output_padding"] = _plain(attrs.get("output_padding", [0] * d))
+            layer["padding"] = plain(pads[:d])
+            layer["output_padding"] = plain(attrs.get("output_padding", [0] * d))
         else:
             begins, ends = self._conv_padding(
                 node, attrs, x.shape[2:], out[2:], kernel, strides, dilations
             )
             x, padding = self._pad_first(node, x, begins, ends)
             layer["padding"] = padding
-        layer.update({"dilation": _plain(dilations), "groups": groups, "bias": bias})
+        layer.update({"dilation": plain(dilations), "groups": groups, "bias": bias})
         self.emit(layer, node, [x])
 
     def op_Gemm(self, node: Any) -> None:
@@ -1082,7 +1082,7 @@ class _Importer:
                 raise self.unsupported(node, f"a scale or bias of shape {list(tensor)}")
         layer = {
             "type": "layernorm",
-            "normalized_shape": _plain(normalized) if len(normalized) == 1 else normalized,
+            "normalized_shape": plain(normalized) if len(normalized) == 1 else normalized,
             "eps": _f32(attrs.get("epsilon", 1e-5)),
             "elementwise_affine": True,
             "bias": bias is not None,
@@ -1117,13 +1117,13 @@ class _Importer:
             raise self.unsupported(node, f"a pooling padded unevenly ({begins} and {ends})")
         layer: dict[str, Any] = {
             "type": f"{kind}pool{d}d",
-            "kernel_size": _plain(kernel),
-            "stride": _plain(strides),
-            "padding": _plain(begins),
+            "kernel_size": plain(kernel),
+            "stride": plain(strides),
+            "padding": plain(begins),
             "ceil_mode": bool(attrs.get("ceil_mode", 0)),
         }
         if kind == "max":
-            layer["dilation"] = _plain(dilations)
+            layer["dilation"] = plain(dilations)
         elif dilations != (1,) * d:
             raise self.unsupported(node, "a dilated average pooling")
         else:
@@ -1189,12 +1189,12 @@ class _Importer:
         x = self.x(node)
         slope = self.weight(node, 1, "slope")
         assert slope is not None
-        count = math.prod(slope)
-        if count not in (1, x.shape[1] if len(x.shape) > 1 else 1) or (
-            count > 1 and len([s for s in slope if s != 1]) > 1
+        slopes = math.prod(slope)
+        if slopes not in (1, x.shape[1] if len(x.shape) > 1 else 1) or (
+            slopes > 1 and len([s for s in slope if s != 1]) > 1
         ):
             raise self.unsupported(node, f"a slope of shape {list(slope)}, not one per channel")
-        self.emit({"type": "prelu", "num_parameters": count}, node, [x])
+        self.emit({"type": "prelu", "num_parameters": slopes}, node, [x])
 
     def op_Clip(self, node: Any) -> None:
         attrs = _attributes(node)
@@ -1425,9 +1425,9 @@ class _Importer:
         layer: dict[str, Any] = {"type": "upsample", "mode": kind}
         if scales and list(scales[:2]) == [1.0, 1.0]:
             factors = [float(s) for s in scales[2:]]
-            layer["scale_factor"] = _plain([int(f) if f.is_integer() else f for f in factors])
+            layer["scale_factor"] = plain([int(f) if f.is_integer() else f for f in factors])
         else:
-            layer["size"] = _plain(list(out[2:]))
+            layer["size"] = plain(list(out[2:]))
         if kind != "nearest":
             layer["align_corners"] = transform == "align_corners"
         self.emit(layer, node, [x])
@@ -1461,11 +1461,11 @@ class _Importer:
         mode = attrs.get("mode", "constant")
         kinds = {"reflect": "reflectionpad", "edge": "replicationpad", "wrap": "circularpad"}
         if mode == "constant":
-            layer: dict[str, Any] = {"type": f"zeropad{d}d", "padding": _plain(torch_order)}
+            layer: dict[str, Any] = {"type": f"zeropad{d}d", "padding": plain(torch_order)}
             if value != 0.0:
-                layer = {"type": f"constantpad{d}d", "padding": _plain(torch_order), "value": value}
+                layer = {"type": f"constantpad{d}d", "padding": plain(torch_order), "value": value}
         elif mode in kinds:
-            layer = {"type": f"{kinds[mode]}{d}d", "padding": _plain(torch_order)}
+            layer = {"type": f"{kinds[mode]}{d}d", "padding": plain(torch_order)}
         else:
             raise self.unsupported(node, f"padding in mode {mode!r}")
         self.emit(layer, node, [x])
@@ -1552,20 +1552,6 @@ def _spec_name(text: str) -> str:
     return cleaned[:120]
 
 
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, a list of equal values as one value."""
-    if isinstance(value, (tuple, list)):
-        items = [_plain(v) for v in value]
-        return items[0] if items and all(v == items[0] for v in items) else items
-    if hasattr(value, "item"):
-        return value.item()
-    return value
-
-
 def _f32(value: Any) -> float:
     """A float attribute (stored as float32) as its shortest decimal: 1e-05, not
     9.999999747378752e-06.
@@ -1576,12 +1562,3 @@ def _f32(value: Any) -> float:
     import numpy
 
     return float(str(numpy.float32(value)))
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

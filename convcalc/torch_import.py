@@ -36,7 +36,8 @@ from typing import Any
 
 from convcalc.analysis import analyze
 from convcalc.errors import ModelImportError
-from convcalc.layers import LEAF_CLASSES, Leaf, reshape_layer
+from convcalc.importing import count, first_line, plain, reshape_layer, snake
+from convcalc.layers import LEAF_CLASSES, Leaf
 from convcalc.loader import build_network
 from convcalc.spec import LAYER_TYPES, Network
 from convcalc.torch_bridge import INFERRED_FIELDS, SPEC_ONLY_FIELDS, import_torch
@@ -198,7 +199,7 @@ class _Importer:
         self.torch = import_torch()
         self.root = module
         self.shapes = shapes
-        self.name = name or _snake(type(module).__name__)
+        self.name = name or snake(type(module).__name__)
         self.leaves = leaves
         self.training = training
         self.layers: list[dict[str, Any]] = []
@@ -230,8 +231,8 @@ class _Importer:
         if given < len(required) or (given > len(positional) and not variadic):
             takes = required if given < len(required) else [p.name for p in positional]
             raise ModelImportError(
-                f"{type(self.root).__name__}.forward takes {_count(len(takes), 'input')} "
-                f"({', '.join(takes) or 'none'}), but {_count(given, 'input shape')} "
+                f"{type(self.root).__name__}.forward takes {count(len(takes), 'input')} "
+                f"({', '.join(takes) or 'none'}), but {count(given, 'input shape')} "
                 f"{'was' if given == 1 else 'were'} given"
             )
 
@@ -258,7 +259,7 @@ class _Importer:
                 hint = "a --leaf module runs its torch.nn base class's forward, which may not fit"
             raise ModelImportError(
                 f"torch.export cannot capture {type(self.root).__name__} on an input of shape "
-                f"{[1, *next(iter(self.shapes.values()))]}: {_first_line(error)}; {hint}"
+                f"{[1, *next(iter(self.shapes.values()))]}: {first_line(error)}; {hint}"
             ) from None
         finally:
             for m, mode in modes.items():
@@ -361,7 +362,7 @@ class _Importer:
         except Exception as error:  # a mapping convcalc disagrees with: say which
             raise ModelImportError(
                 f"the spec imported from {type(self.root).__name__} does not analyse: "
-                f"{_first_line(error)}"
+                f"{first_line(error)}"
             ) from None
         self._check(report, results, signature, placeholders)
         return Imported(network, self._unused(placeholders), self.notes)
@@ -523,7 +524,7 @@ class _Importer:
         except Exception as error:
             raise ModelImportError(
                 f"{self._where(node)}: {_op_name(node)} maps to a {layer['type']} layer that "
-                f"convcalc refuses: {_first_line(error)}"
+                f"convcalc refuses: {first_line(error)}"
             ) from None
         return layer
 
@@ -565,11 +566,11 @@ class _Importer:
                 value = value is not None  # the parameter, or None
             if isinstance(value, self.torch.Tensor):
                 continue
-            layer[field_name] = list(value) if field_name in _LIST_FIELDS else _plain(value)
+            layer[field_name] = list(value) if field_name in _LIST_FIELDS else plain(value)
         if group.kind == "linear" and len(_shape(group.nodes[0].args[0])) > 2:
             layer["in_features"] = int(module.in_features)  # on the last dimension only
         if group.kind == "layernorm":  # over its own last dimensions, not all of them
-            layer["normalized_shape"] = _plain(list(module.normalized_shape))
+            layer["normalized_shape"] = plain(list(module.normalized_shape))
         members = set(group.nodes)
         inputs: list[Any] = []
         for node in group.nodes:
@@ -634,15 +635,15 @@ class _Importer:
             layer: dict[str, Any] = {
                 "type": f"{'convtranspose' if transposed else 'conv'}{base[-2:]}",
                 "out_channels": w[1] * groups if transposed else w[0],
-                "kernel_size": _plain(list(w[2:])),
-                "stride": _plain(args.get("stride", 1)),
-                "padding": _plain(args.get("padding", 0)),
-                "dilation": _plain(args.get("dilation", 1)),
+                "kernel_size": plain(list(w[2:])),
+                "stride": plain(args.get("stride", 1)),
+                "padding": plain(args.get("padding", 0)),
+                "dilation": plain(args.get("dilation", 1)),
                 "groups": groups,
                 "bias": args.get("bias") is not None,
             }
             if transposed:
-                layer["output_padding"] = _plain(args.get("output_padding", 0))
+                layer["output_padding"] = plain(args.get("output_padding", 0))
             if args.get("bias") is not None:
                 param("bias")
             return layer, [x]
@@ -674,7 +675,7 @@ class _Importer:
             return (
                 {
                     "type": "layernorm",
-                    "normalized_shape": _plain(list(args["normalized_shape"])),
+                    "normalized_shape": plain(list(args["normalized_shape"])),
                     "eps": float(args.get("eps", 1e-5)),
                     "elementwise_affine": weight is not None,
                     "bias": bias is not None,
@@ -703,7 +704,7 @@ class _Importer:
             return {"type": "hardtanh", "min_val": low, "max_val": high}, [x]
         if base in _ACTIVATIONS_WITH_ARGUMENTS:
             kind, names = _ACTIVATIONS_WITH_ARGUMENTS[base]
-            fields = {f: _plain(args[a]) for f, a in names.items() if a in args}
+            fields = {f: plain(args[a]) for f, a in names.items() if a in args}
             return {"type": kind, **fields}, [x]
         if base in _FUNCTIONAL_LAYERS and len(self._tensor_inputs(node)) == 1:
             return {"type": _FUNCTIONAL_LAYERS[base]}, [x]
@@ -720,19 +721,19 @@ class _Importer:
             if adaptive:
                 return {
                     "type": f"adaptive{kind}pool{d}d",
-                    "output_size": _plain(list(args["output_size"])),
+                    "output_size": plain(list(args["output_size"])),
                 }, [x]
-            layer = {"type": f"{kind}pool{d}d", "kernel_size": _plain(args["kernel_size"])}
+            layer = {"type": f"{kind}pool{d}d", "kernel_size": plain(args["kernel_size"])}
             stride = args.get("stride")
             if stride not in (None, [], ()):
-                layer["stride"] = _plain(stride)
+                layer["stride"] = plain(stride)
             for key in ("padding", "dilation", "ceil_mode", "count_include_pad",
                         "divisor_override"):  # fmt: skip
                 if key in args and args[key] is not None:
-                    layer[key] = _plain(args[key])
+                    layer[key] = plain(args[key])
             return layer, [x]
         if base == "mean" and "dim" in args and args["dim"] is not None:
-            return {"type": "mean", "dim": _plain(list(args["dim"])),
+            return {"type": "mean", "dim": plain(list(args["dim"])),
                     "keepdim": bool(args.get("keepdim", False))}, [x]  # fmt: skip
         if base in ("view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze",
                     "unsqueeze", "expand_as", "view_as", "reshape_as"):  # fmt: skip
@@ -776,11 +777,11 @@ class _Importer:
             size = args.get("output_size")
             scales = args.get("scale_factors", args.get("scales"))
             if size:
-                layer["size"] = _plain(list(size))
+                layer["size"] = plain(list(size))
             elif scales:
-                layer["scale_factor"] = _plain([float(s) for s in scales])
+                layer["scale_factor"] = plain([float(s) for s in scales])
             else:
-                layer["size"] = _plain(list(shape_out[2:]))
+                layer["size"] = plain(list(shape_out[2:]))
             if args.get("align_corners") is not None:
                 layer["align_corners"] = bool(args["align_corners"])
             return layer, [x]
@@ -853,10 +854,10 @@ class _Importer:
         if mode == "constant":
             value = float(args.get("value") or 0.0)
             if value == 0.0:
-                return {"type": f"zeropad{d}d", "padding": _plain(pad)}
-            return {"type": f"constantpad{d}d", "padding": _plain(pad), "value": value}
+                return {"type": f"zeropad{d}d", "padding": plain(pad)}
+            return {"type": f"constantpad{d}d", "padding": plain(pad), "value": value}
         if mode in kinds:
-            return {"type": f"{kinds[mode]}{d}d", "padding": _plain(pad)}
+            return {"type": f"{kinds[mode]}{d}d", "padding": plain(pad)}
         raise self.unsupported(node, f"padding in mode {mode!r}")
 
     # -- torch.nn.functional calls written in Python (softsign, tanhshrink) -------------
@@ -1076,24 +1077,3 @@ def _is_output(node: Any) -> bool:
 
 def _shape(node: Any) -> tuple[int, ...]:
     return tuple(int(n) for n in node.meta["val"].shape)
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, a list of equal values as one value."""
-    if isinstance(value, (tuple, list)):
-        items = [_plain(v) for v in value]
-        return items[0] if items and all(v == items[0] for v in items) else items
-    return value
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

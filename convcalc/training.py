@@ -853,7 +853,7 @@ def _spec_text(spec: Any, network: Network) -> str:
         return Path(network.source).read_text(encoding="utf-8")
     if isinstance(spec, Mapping):
         return yaml.safe_dump(dict(spec), sort_keys=False)
-    data = network.model_dump(mode="json", exclude_unset=True, by_alias=True, warnings=False)
+    data = network.model_dump(mode="json", exclude_unset=True, by_alias=True)
     return yaml.safe_dump(data, sort_keys=False)
 
 
