@@ -11,7 +11,8 @@ Then every bad file of the issue through `convcalc import-onnx` (targets: one se
 naming the file, exit 1, under 1 s, bounded memory): text, random bytes, an empty file, a
 truncated and a corrupted ResNet-50, an external-data model without its data file, a
 symbolic input without `--input`, an op outside the supported set, two inputs of unknown
-shape, weights declared at 10**12 elements without data, a directory, a missing file.
+shape, weights declared at 10**12 elements without data, a constant of 10**12 elements
+computed from 12 bytes, a directory, a missing file.
 
     python benchmarks/bench_onnx.py [--runs 9]
 """
@@ -98,6 +99,7 @@ def bad_files(folder: Path, resnet: Path) -> dict[str, Path]:
     """Bad inputs written into ``folder``: name -> path."""
     import random
 
+    import numpy
     import onnx
     from onnx import TensorProto, helper
 
@@ -152,6 +154,16 @@ def bad_files(folder: Path, resnet: Path) -> dict[str, Path]:
     matmul = helper.make_node("MatMul", ["x", "w"], ["y"], name="/fc/MatMul")
     flat = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1_000_000])
     files["weights of 10**12 elements, no data"] = save("huge", [matmul], [flat], [huge])
+    scalars = [
+        onnx.numpy_helper.from_array(numpy.array(v, dtype=numpy.float32), k)
+        for k, v in (("a", 0), ("b", 1e12), ("d", 1))
+    ]
+    one = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 1, 1])
+    ranged = [
+        helper.make_node("Range", ["a", "b", "d"], ["c"], name="/fill/Range"),
+        helper.make_node("Add", ["x", "c"], ["y"], name="/add/Add"),
+    ]
+    files["a Range of 10**12 elements from 12 bytes"] = save("range", ranged, [one], scalars)
     (folder / "a-directory.onnx").mkdir()
     files["a directory"] = folder / "a-directory.onnx"
     files["a missing file"] = folder / "no-such-model.onnx"

@@ -45,6 +45,7 @@ from convcalc.spec import LAYER_TYPES, Network
 __all__ = ["ImportedOnnx", "from_onnx", "import_onnx"]
 
 MAX_FILE_BYTES = 2**31  # protobuf's own limit for one message
+MAX_CONSTANT_ELEMENTS = 2**24  # a constant computed from others (64 MiB of float32)
 _INT64_MAX = 2**63 - 1
 
 # Ops that take one tensor and are a layer without arguments.
@@ -362,7 +363,7 @@ class _Importer:
         for function in self.model.functions:
             light.functions.append(function)
         try:
-            inferred = onnx.shape_inference.infer_shapes(light, strict_mode=True, data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(light, strict_mode=True)
         except Exception as error:
             raise ModelImportError(
                 f"{self.source}: onnx shape inference fails on the graph at these input shapes "
@@ -656,13 +657,16 @@ class _Importer:
             target = [x.shape[i] if t == 0 else t for i, t in enumerate(target)]
             return [x.reshape(target)]
         if op == "Expand":
-            return [x * np.ones(tuple(int(n) for n in inputs[1]), dtype=x.dtype)]
+            shape = np.broadcast_shapes(x.shape, tuple(int(n) for n in inputs[1]))
+            return [x * np.ones(_bounded(shape), dtype=x.dtype)]
         if op == "Range":
+            length = math.ceil((float(inputs[1]) - float(x)) / float(inputs[2]))
+            _bounded((max(length, 0),))
             return [np.arange(x, inputs[1], inputs[2])]
         if op == "ConstantOfShape":
             value = attrs.get("value")
             fill = self._array(value).reshape(-1)[0] if value is not None else np.float32(0)
-            return [np.full(tuple(int(n) for n in x), fill)]
+            return [np.full(_bounded(tuple(int(n) for n in x)), fill)]
         if op == "ReduceProd":
             return [np.prod(x, keepdims=bool(attrs.get("keepdims", 1)))]
         raise ValueError(f"no evaluation for {op}")
@@ -1510,6 +1514,16 @@ class _Importer:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _bounded(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape``, when a constant of it is small enough to compute (shape arithmetic
+    is; a few bytes of a file must not make gigabytes here)."""
+    if math.prod(shape) > MAX_CONSTANT_ELEMENTS:
+        raise ValueError(
+            f"a constant of shape {list(shape)}, more than {MAX_CONSTANT_ELEMENTS:,} elements"
+        )
+    return shape
 
 
 def _attributes(node: Any) -> dict[str, Any]:
